@@ -155,8 +155,14 @@ class EventStorage:
         (equals ``window_size`` when one value is put per iteration)."""
         buffer = self.history(name)
         last_iter = self._latest_scalars[name][1]
-        recent = buffer.recent_iterations(window_size)
-        return max(int(np.count_nonzero(recent > last_iter - window_size)), 1)
+        look_back = window_size
+        while True:
+            # Usually one value per iteration: the first look at window_size values decides.
+            recent = buffer.recent_iterations(look_back)
+            inside = int(np.count_nonzero(recent > last_iter - window_size))
+            if inside < len(recent) or len(recent) == len(buffer):
+                return max(inside, 1)
+            look_back *= 2
 
     def smoothing_hints(self) -> Dict[str, bool]:
         return self._smoothing_hints

@@ -1,0 +1,76 @@
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from events.history_buffer import HistoryBuffer
+
+
+def test_window_statistics_match_numpy_over_the_last_values():
+    buf = HistoryBuffer(max_length=8)
+    data = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0]  # wraps the ring
+    for i, v in enumerate(data):
+        buf.update(v, i * 10)
+    kept = data[-8:]
+    for w in (1, 3, 5, 8, 100):
+        tail = kept[-w:]
+        assert buf.median(w) == np.median(tail)
+        assert buf.avg(w) == pytest.approx(np.mean(tail))
+        assert buf.max(w) == max(tail)
+        assert buf.min(w) == min(tail)
+    assert buf.latest() == 5.0
+    assert buf.values() == [(v, float(i * 10)) for i, v in list(enumerate(data))[-8:]]
+    assert buf.count == len(data) and len(buf) == 8
+
+
+def test_global_avg_covers_evicted_values():
+    buf = HistoryBuffer(max_length=4)
+    for v in range(100):
+        buf.update(float(v))
+    assert buf.global_avg() == pytest.approx(49.5)
+    assert buf.values()[0] == (96.0, 96.0)  # default iteration = update count
+
+
+def test_empty_buffer_raises_and_global_avg_is_nan():
+    buf = HistoryBuffer()
+    with pytest.raises(IndexError):
+        buf.latest()
+    with pytest.raises(IndexError):
+        buf.median(20)
+    assert math.isnan(buf.global_avg())
+
+
+def test_state_round_trip_continues_the_ring_exactly():
+    a = HistoryBuffer(max_length=5)
+    for v in range(13):
+        a.update(float(v) ** 2, v)
+    b = HistoryBuffer(max_length=2)
+    b.load_state_dict(a.state_dict())
+    for v in range(13, 17):
+        a.update(float(v), v)
+        b.update(float(v), v)
+    assert b.values() == a.values()
+    assert b.global_avg() == a.global_avg()
+    assert b.median(3) == a.median(3) and b.count == a.count
+
+
+def test_state_with_inconsistent_lengths_is_rejected():
+    state = HistoryBuffer(4).state_dict()
+    state.update(count=3, values=[1.0], iterations=[1.0])
+    with pytest.raises(ValueError, match="holds 1 values"):
+        HistoryBuffer().load_state_dict(state)
+
+
+def test_memory_is_flat_as_steps_grow():
+    buf = HistoryBuffer(max_length=1024)
+    for i in range(2000):
+        buf.update(float(i), i)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(2000, 200_000):
+        buf.update(float(i), i)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert growth < 10_000, f"history grew by {growth} bytes over 198k updates"
