@@ -1,0 +1,236 @@
+"""``WandbWriter``: the storage's scalars and histograms in a Weights & Biases run.
+
+* The x-axis is the training iteration: every row carries ``iteration`` and
+  ``define_metric("*", step_metric="iteration")`` plots everything against it. W&B's own
+  ``_step`` just counts rows, so evaluation or user code logging at other cadences never trips
+  W&B's "step must increase" rule (a lower explicit step is dropped with only a warning).
+* Modes: ``online``, ``offline`` (no network; ``wandb sync <dir>/wandb/offline-run-*`` later),
+  ``disabled`` (a no-op run), and ``auto`` = online when an API key is configured, else offline.
+* Resume: the run id and the last iteration logged are kept in ``wandb_run.json`` (in the
+  output directory, next to the checkpoints). Resuming reopens the same run id with
+  ``resume="allow"`` and logs only iterations after the last one W&B already holds: a resumed
+  curve never goes back and no iteration appears twice. The crashed run's values between the
+  checkpoint and the crash stay in W&B (TensorBoard and metrics.json show the resumed values):
+  W&B's "rewind" (``resume_from``) is a server-side preview feature that needs ``_step`` to be
+  the iteration, which breaks the evaluation cadence above, and an offline run cannot ask the
+  server what it holds.
+* The API key is never read, logged or put in the config: wandb finds it itself, and
+  ``redact_secrets`` blanks secret-looking config entries before they are sent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+import re
+import secrets
+import string
+from collections import defaultdict
+from typing import Any, Dict, Mapping, Optional, Sequence
+from urllib.parse import urlparse
+
+from events.storage import get_event_storage
+from events.writer_guard import import_optional
+from events.writers import EventWriter
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "online", "offline", "disabled")
+STATE_FILE_NAME = "wandb_run.json"
+REDACTED = "<redacted>"
+_SECRET_NAME = re.compile(r"API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_ITERATION = "iteration"
+
+
+def api_key_configured() -> bool:
+    """Whether wandb would find an API key: ``WANDB_API_KEY`` or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``"auto"`` -> ``WANDB_MODE`` if set, else online with an API key, else offline."""
+    if mode not in MODES:
+        raise ValueError(f"WANDB.MODE must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
+    return "online" if api_key_configured() else "offline"
+
+
+def redact_secrets(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of ``config`` where secret-named keys, and values holding a secret environment
+    variable's value (such as ``WANDB_API_KEY``), read ``"<redacted>"``."""
+    env_secrets = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8]
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(key, v) for v in value]
+        if _SECRET_NAME.search(key) and value not in (None, ""):
+            return REDACTED
+        if isinstance(value, str) and any(secret in value for secret in env_secrets):
+            return REDACTED
+        return value
+
+    return {str(k): clean(str(k), v) for k, v in config.items()}
+
+
+def _new_run_id() -> str:
+    """Eight lowercase letters/digits, the shape of W&B's own run ids."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _read_state(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(path: str, state: Mapping[str, Any]) -> None:
+    """Atomic (temporary file + ``os.replace``): a crash mid-write leaves the old state."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(tmp_path, path)
+
+
+def wandb_histogram(params: Mapping[str, Any], max_bins: int = 512):
+    """A ``wandb.Histogram`` from a ``put_histogram`` record (TensorBoard-style upper limits).
+
+    W&B takes at most 512 bins, so neighbouring bins are merged when there are more.
+    """
+    import wandb
+
+    counts = list(params["bucket_counts"])
+    edges = [params["min"], *params["bucket_limits"]]
+    factor = math.ceil(len(counts) / max_bins)
+    if factor > 1:
+        counts = [sum(counts[i : i + factor]) for i in range(0, len(counts), factor)]
+        edges = edges[::factor] + ([edges[-1]] if (len(edges) - 1) % factor else [])
+    return wandb.Histogram(np_histogram=(counts, edges))
+
+
+class WandbWriter(EventWriter):
+    """Log the latest (window-smoothed) scalars and new histograms of the storage to W&B.
+
+    Args:
+        project, entity, name, group, tags: as in ``wandb.init`` ("" = W&B's default).
+        run_dir: where wandb writes (``<run_dir>/wandb/...``); created if missing.
+        config: the run's config (nested dict); secret-looking entries are redacted.
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (see ``resolve_mode``).
+        run_id: a fixed run id; "" = the one saved in ``state_file`` when resuming, else new.
+        resume: continue the run saved in ``state_file`` (or ``run_id``) after a restart.
+        state_file: where the run id and last logged iteration live (default
+            ``<run_dir>/wandb_run.json``; keep it next to the checkpoints).
+        window_size: median window for scalars put with ``smoothing_hint=True``.
+        clear_histograms: drop the storage's histograms once logged; leave False when a
+            ``TensorboardXWriter`` comes after this writer (it clears them).
+        system_metrics: let wandb sample CPU/GPU/memory in the background.
+
+    Create it on the main process only: every instance opens a run.
+    """
+
+    def __init__(
+        self,
+        project: str = "detr-telemetry",
+        *,
+        run_dir: str,
+        config: Optional[Mapping[str, Any]] = None,
+        entity: str = "",
+        name: str = "",
+        group: str = "",
+        tags: Sequence[str] = (),
+        mode: str = "auto",
+        run_id: str = "",
+        resume: bool = False,
+        state_file: Optional[str] = None,
+        window_size: int = 20,
+        clear_histograms: bool = True,
+        system_metrics: bool = True,
+    ) -> None:
+        wandb = import_optional("wandb", "wandb", "WandbWriter")
+        self._mode = resolve_mode(mode)
+        self._window_size = window_size
+        self._clear_histograms = clear_histograms
+        self._state_file = state_file or os.path.join(run_dir, STATE_FILE_NAME)
+        os.makedirs(run_dir, exist_ok=True)
+
+        state = _read_state(self._state_file) if resume else {}
+        run_id = run_id or state.get("run_id") or _new_run_id()
+        self._last_write = int(state.get("last_iteration", -1)) if state.get("run_id") == run_id else -1
+        self._run = wandb.init(
+            project=project or None,
+            entity=entity or None,
+            name=name or None,
+            group=group or None,
+            tags=list(tags) or None,
+            dir=run_dir,
+            config=redact_secrets(config or {}),
+            id=run_id,
+            # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
+            resume="allow",
+            mode=self._mode,
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
+        )
+        if resume:
+            # Online, the server's summary knows the last iteration even without our state file.
+            held = self._run.summary.get(_ITERATION)
+            if isinstance(held, (int, float)):
+                self._last_write = max(self._last_write, int(held))
+            if self._last_write >= 0:
+                logger.info(
+                    "W&B run %s resumed; it holds iterations up to %d, logging continues after it.",
+                    run_id,
+                    self._last_write,
+                )
+        self._run.define_metric(_ITERATION, hidden=True)
+        self._run.define_metric("*", step_metric=_ITERATION)
+        self._last_histogram_step = self._last_write
+        self._save_state()
+
+    @property
+    def run_id(self) -> str:
+        return self._run.id
+
+    def _save_state(self) -> None:
+        if self._mode != "disabled":
+            _write_state(self._state_file, {"run_id": self._run.id, "last_iteration": self._last_write})
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        rows: Dict[int, Dict[str, Any]] = defaultdict(dict)
+        for key, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_write:
+                rows[itr][key] = value
+        new_histograms = [h for h in storage._histograms if h["global_step"] > self._last_histogram_step]
+        for params in new_histograms:
+            rows[params["global_step"]][params["tag"]] = wandb_histogram(params)
+        for itr in sorted(rows):
+            rows[itr][_ITERATION] = itr
+            self._run.log(rows[itr])
+        if new_histograms:
+            self._last_histogram_step = max(h["global_step"] for h in new_histograms)
+            if self._clear_histograms:
+                storage.clear_histograms()
+        if rows:
+            self._last_write = max(self._last_write, max(rows))
+            self._save_state()
+
+    def close(self) -> None:
+        self._run.finish()
