@@ -205,8 +205,9 @@ class WandbWriter(EventWriter):
         self._save_state()
 
     @property
-    def run_id(self) -> str:
-        return self._run.id
+    def run(self):
+        """The ``wandb`` run, for logging what the storage does not hold (tables, media)."""
+        return self._run
 
     def _save_state(self) -> None:
         if self._mode != "disabled":

@@ -144,3 +144,13 @@ def find_run_files(wandb_dir: str) -> list[str]:
     """All ``run-*.wandb`` files under ``<wandb_dir>/wandb/``, oldest first."""
     files = glob.glob(os.path.join(wandb_dir, "wandb", "*run-*", "run-*.wandb"))
     return sorted(files, key=os.path.getmtime)
+
+
+def isolate_wandb(monkeypatch: Any, root: str) -> None:
+    """Keep a test's wandb offline and inside ``root``: no API key, no network, nothing in $HOME."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NETRC", os.path.join(root, "no-netrc"))
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, os.path.join(root, name.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
