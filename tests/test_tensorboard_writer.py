@@ -2,7 +2,6 @@
 import errno
 import glob
 import json
-import os
 import socket
 import subprocess
 import sys
