@@ -1,0 +1,236 @@
+"""engine.metrics across 2 and 3 gloo ranks whose key sets differ.
+
+One spawned job per world size runs every scenario (spawning costs seconds); the parent checks
+the results against hand-computed means.
+
+The script, per rank (values are multiplied by ``k = step + 1``; data_time is not):
+
+    rank 0: loss_ce 1.0, loss_relation_synthetic 0.5, loss_relation_real 0.2 over 2 samples,
+            data_time 0.1
+    rank 1: loss_ce 2.0, no loss_relation_synthetic, loss_relation_real 0.6 over 6 samples,
+            data_time 0.7, and from step 3 on a new key loss_new 3.0
+    rank 2: loss_ce 4.0, loss_relation_synthetic 1.5, loss_relation_real NaN over 0 samples
+            (a mean over nothing), k_log_rank2_only 9.0 (no other rank has it), data_time 0.3
+"""
+import collections
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dist_utils import run_distributed
+from engine.metrics import NUM_SAMPLES_SUFFIX, LossDictReducer, NonFiniteLossError, write_metrics
+from events.storage import EventStorage
+
+NUM_STEPS = 5
+COUNT = NUM_SAMPLES_SUFFIX
+WATCHED_COLLECTIVES = (
+    "all_gather", "all_gather_object", "all_gather_into_tensor", "all_reduce", "reduce",
+    "gather", "gather_object", "broadcast", "broadcast_object_list", "barrier", "scatter",
+)
+
+
+def scripted_loss_dict(rank, step):
+    k = step + 1
+    t = lambda value: torch.tensor(value * k)  # noqa: E731
+    if rank == 0:
+        loss_dict = {"loss_ce": t(1.0), "loss_relation_synthetic": t(0.5),
+                     "loss_relation_real": t(0.2), "loss_relation_real" + COUNT: torch.tensor(2)}
+    elif rank == 1:
+        loss_dict = {"loss_ce": t(2.0),
+                     "loss_relation_real": t(0.6), "loss_relation_real" + COUNT: torch.tensor(6)}
+        if step >= 3:
+            loss_dict["loss_new"] = t(3.0)
+    else:
+        loss_dict = {"loss_ce": t(4.0), "loss_relation_synthetic": t(1.5),
+                     "loss_relation_real": torch.tensor(float("nan")),
+                     "loss_relation_real" + COUNT: torch.tensor(0), "k_log_rank2_only": t(9.0)}
+    return loss_dict
+
+
+DATA_TIME = {0: 0.1, 1: 0.7, 2: 0.3}
+
+
+def expected_values(world_size, step):
+    """Hand-computed reductions of the script above."""
+    k = step + 1
+    if world_size == 2:
+        expected = {
+            "loss_ce": (1.0 + 2.0) / 2 * k,
+            "loss_relation_synthetic": 0.5 * k,  # rank 1 lacks it: not averaged with a zero
+            "loss_relation_real": (0.2 * 2 + 0.6 * 6) / (2 + 6) * k,  # 0.5, not (0.2 + 0.6) / 2
+        }
+    else:
+        expected = {
+            "loss_ce": (1.0 + 2.0 + 4.0) / 3 * k,
+            "loss_relation_synthetic": (0.5 + 1.5) / 2 * k,
+            "loss_relation_real": (0.2 * 2 + 0.6 * 6) / (2 + 6) * k,  # rank 2's NaN has no samples
+            "k_log_rank2_only": 9.0 * k,
+        }
+    if step >= 3:
+        expected["loss_new"] = 3.0 * k
+    expected["total_loss"] = sum(v for name, v in expected.items() if name in ("loss_ce", "loss_relation_synthetic", "loss_new"))
+    expected["data_time"] = 0.7
+    return expected
+
+
+def _count_collectives():
+    """Wrap the torch.distributed collectives (inside this worker only) with call counters."""
+    counts = collections.Counter()
+    for name in WATCHED_COLLECTIVES:
+        original = getattr(dist, name, None)
+        if original is None:
+            continue
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(dist, name, counting)
+    return counts
+
+
+def _calls_during(counts, action):
+    before = counts.copy()
+    result = action()
+    return result, dict(counts - before)
+
+
+def _reduction_worker(rank, world_size):
+    counts = _count_collectives()
+    out = {}
+
+    per_step = LossDictReducer()
+    out["per_step"], out["per_step_calls"] = [], []
+    for step in range(NUM_STEPS):
+        values, calls = _calls_during(
+            counts, lambda: per_step.reduce(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
+        )
+        out["per_step"].append(values)
+        out["per_step_calls"].append(calls)
+
+    deferred = LossDictReducer()
+    out["deferred_periods"], out["deferred_add_calls"], out["deferred_flush_calls"] = [], [], []
+    for period in range(2):
+        _, add_calls = _calls_during(counts, lambda: [
+            deferred.add(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
+            for step in range(NUM_STEPS)
+        ])
+        flushed, flush_calls = _calls_during(counts, deferred.flush)
+        out["deferred_periods"].append(flushed)
+        out["deferred_add_calls"].append(add_calls)
+        out["deferred_flush_calls"].append(flush_calls)
+
+    # NaN on the last rank only, at iteration 201: every rank must raise, then go on in step.
+    out["nan"] = []
+    for iteration in (200, 201, 202):
+        loss_dict = scripted_loss_dict(rank, 0)
+        if iteration == 201 and rank == world_size - 1:
+            loss_dict["loss_ce"] = torch.tensor(float("inf"))
+        try:
+            out["nan"].append(("ok", per_step.reduce(loss_dict, 0.0, iteration)["loss_ce"]))
+        except NonFiniteLossError as error:
+            out["nan"].append(("raised", str(error), error.iteration, error.keys))
+
+    # A malformed dict on rank 1 only: every rank raises the same one-line error.
+    loss_dict = scripted_loss_dict(rank, 0)
+    if rank == 1:
+        loss_dict["loss_orphan" + COUNT] = torch.tensor(3)
+    try:
+        per_step.reduce(loss_dict, 0.0, 300)
+        out["invalid"] = "no error"
+    except ValueError as error:
+        out["invalid"] = str(error)
+
+    # Deferred NaN: found at the flush, first bad iteration named, steps before it kept.
+    for step in range(4):
+        loss_dict = scripted_loss_dict(rank, step)
+        if rank == 0 and step >= 2:
+            loss_dict["loss_relation_synthetic"] = torch.tensor(float("nan"))
+        deferred.add(loss_dict, 0.0, 400 + step)
+    try:
+        deferred.flush()
+        out["deferred_nan"] = "no error"
+    except NonFiniteLossError as error:
+        out["deferred_nan"] = (str(error), [it for it, _ in error.reduced_before])
+
+    # write_metrics: every rank's storage holds the same reduced values.
+    with EventStorage(start_iter=500) as storage:
+        write_metrics(scripted_loss_dict(rank, 0), DATA_TIME[rank], prefix="train/")
+    out["storage"] = {name: value for name, (value, _) in storage.latest().items()}
+    return out
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-ranks", "3-ranks"])
+def job(request):
+    world_size = request.param
+    return world_size, run_distributed(_reduction_worker, world_size=world_size, timeout=120)
+
+
+@pytest.mark.distributed
+def test_per_step_means_are_exact_and_identical_on_every_rank(job):
+    world_size, results = job
+    for rank, result in enumerate(results):
+        for step, values in enumerate(result["per_step"]):
+            expected = expected_values(world_size, step)
+            expected["rank_data_time"] = DATA_TIME[rank]
+            assert values == pytest.approx(expected), f"rank {rank} step {step}"
+
+
+@pytest.mark.distributed
+def test_one_collective_per_step_in_steady_state(job):
+    world_size, results = job
+    register = {"all_gather": 2, "all_gather_object": 1}  # first step; step 3 brings loss_new
+    steady = {"all_gather": 1}
+    for result in results:
+        assert result["per_step_calls"] == [register, steady, steady, register, steady]
+
+
+@pytest.mark.distributed
+def test_deferred_mode_matches_per_step_with_one_collective_per_period(job):
+    world_size, results = job
+    for result in results:
+        per_step = [(100 + step, values) for step, values in enumerate(result["per_step"])]
+        assert result["deferred_periods"] == [per_step, per_step]
+        assert result["deferred_add_calls"] == [{}, {}]
+        # The first period registers the keys; the second is one all_gather for 5 steps.
+        assert result["deferred_flush_calls"] == [{"all_gather": 2, "all_gather_object": 1}, {"all_gather": 1}]
+
+
+@pytest.mark.distributed
+def test_non_finite_value_on_one_rank_raises_on_every_rank_and_training_goes_on(job):
+    world_size, results = job
+    last = world_size - 1
+    for result in results:
+        first, nan, after = result["nan"]
+        assert first == ("ok", pytest.approx(expected_values(world_size, 0)["loss_ce"]))
+        assert nan == ("raised", f"Loss became infinite or NaN at iteration=201: loss_ce (rank {last})", 201, ["loss_ce"])
+        assert after == first
+
+
+@pytest.mark.distributed
+def test_malformed_dict_on_one_rank_raises_the_same_error_on_every_rank(job):
+    _, results = job
+    for result in results:
+        assert result["invalid"] == (
+            "Invalid loss dict at iteration=300: rank 1: 'loss_orphan__num_samples' has no value key 'loss_orphan'"
+        )
+
+
+@pytest.mark.distributed
+def test_deferred_nan_names_the_first_bad_iteration_on_every_rank(job):
+    _, results = job
+    for result in results:
+        message, reduced_before = result["deferred_nan"]
+        assert message == "Loss became infinite or NaN at iteration=402: loss_relation_synthetic (rank 0)"
+        assert reduced_before == [400, 401]
+
+
+@pytest.mark.distributed
+def test_write_metrics_puts_the_same_values_on_every_rank(job):
+    world_size, results = job
+    expected = {"train/" + name: value for name, value in expected_values(world_size, 0).items()}
+    for rank, result in enumerate(results):
+        stored = dict(result["storage"])
+        assert stored.pop("train/rank_data_time") == pytest.approx(DATA_TIME[rank])
+        assert stored == pytest.approx(expected)
