@@ -42,7 +42,7 @@ Keys of the loss dict (``L`` decoder layers, aux layer ``i`` in ``0 .. L-2`` add
 loss terms ``loss_{ce,bbox,giou}_{subject,object}``, ``loss_relation``,
 ``loss_{bbox,giou}_relation`` (optimized, in ``weight_dict``); metrics
 ``class_error_{subject,object,relation}`` (final layer), ``k_log_layer{1..L}``; split statistics
-``<loss term>_{real,synthetic}``. Every metric and split key ``K`` that averages samples comes
+``<loss term>_{real,synthetic}`` (final layer, only for a group with matched relations). Every metric and split key ``K`` that averages samples comes
 with ``K + NUM_SAMPLES_SUFFIX`` (``"__num_samples"``, the same string as
 ``engine.metrics.NUM_SAMPLES_SUFFIX``) holding its sample count.
 """

@@ -75,8 +75,8 @@ class SetCriterionBase(nn.Module):
         branches: the supervised heads, sharing one matching per layer.
         class_weights: per branch, ``[classes + 1]`` cross-entropy class weights (last = background).
         matcher: a matcher over the same branches (``criterion.matcher``).
-        weight_dict: loss name -> weight. When given, every emitted loss term must be in it
-            (a loss that would never be optimized is an error, e.g. aux layers vs DEC_LAYERS).
+        weight_dict: loss name -> weight. When given, its keys must be exactly the emitted loss
+            terms (a loss never optimized, or an aux layer the model lacks, is an error).
         normalize_sample_weights: ``Σ w_i L_i / Σ w_i`` instead of ``(1/N) Σ w_i L_i``.
         dataset_loss_weights: weight per ``dataset_type`` for targets without ``loss_weight``.
     """
@@ -173,15 +173,23 @@ class SetCriterionBase(nn.Module):
                     )
 
     def _check_all_losses_weighted(self, losses: Mapping[str, Tensor], counts: Mapping[str, int]) -> None:
+        """The emitted loss terms and the ``weight_dict`` keys must be the same set.
+
+        Every loss term is emitted for every batch (0 without targets), so a difference means the
+        model's layers and the config disagree: a loss never optimized, or a layer never supervised.
+        """
         if self.weight_dict is None:
             return
-        unweighted = [k for k in losses if k.startswith("loss") and k not in counts and k not in self.weight_dict]
-        if unweighted:
-            raise ValueError(
-                f"{type(self).__name__} emitted loss terms that weight_dict does not weight, so they would never be "
-                f"optimized: {unweighted[:4]}{' ...' if len(unweighted) > 4 else ''} "
-                "(does the model's number of aux_outputs match MODEL.DETR.DEC_LAYERS - 1 and DEEP_SUPERVISION?)"
-            )
+        emitted = [k for k in losses if k.startswith("loss") and k not in counts]
+        unweighted = [k for k in emitted if k not in self.weight_dict]
+        not_emitted = [k for k in self.weight_dict if k not in losses]
+        for keys, problem in ((unweighted, "emitted loss terms that weight_dict does not weight"),
+                              (not_emitted, "emitted no value for weight_dict keys")):
+            if keys:
+                raise ValueError(
+                    f"{type(self).__name__} {problem}: {keys[:4]}{' ...' if len(keys) > 4 else ''} (does the "
+                    "model's number of aux_outputs match MODEL.DETR.DEC_LAYERS - 1 and DEEP_SUPERVISION?)"
+                )
 
     # ----------------------------------------------------------------------------- losses
     def _box_normalizer(self, num_targets: Sequence[int], samples: SampleInfo, device: torch.device) -> Tensor:

@@ -107,11 +107,18 @@ def test_aux_layers_for_six_decoder_layers_and_weight_dict():
         assert layer_outputs["pred_boxes"].grad.abs().sum() > 0
 
 
-def test_aux_outputs_not_covered_by_weight_dict_are_an_error():
+@pytest.mark.parametrize(
+    "num_aux, message",
+    [
+        (2, r"emitted loss terms that weight_dict does not weight: \['loss_ce_1', 'loss_bbox_1', 'loss_giou_1'\]"),
+        (0, r"emitted no value for weight_dict keys: \['loss_ce_0', 'loss_bbox_0', 'loss_giou_0'\]"),
+    ],
+)
+def test_aux_layers_disagreeing_with_dec_layers_are_an_error(num_aux, message):
     built = build_set_criterion(CriterionConfig(NUM_CLASSES=3, DEC_LAYERS=2))  # expects 1 aux layer
     layer = {"pred_logits": torch.zeros(1, 3, 4), "pred_boxes": torch.full((1, 3, 4), 0.3)}
-    out = dict(layer, aux_outputs=[dict(layer), dict(layer)])
-    with pytest.raises(ValueError, match=r"never be optimized: \['loss_ce_1'.*DEC_LAYERS"):
+    out = dict(layer, aux_outputs=[dict(layer) for _ in range(num_aux)])
+    with pytest.raises(ValueError, match=message + r" \(does the model's number of aux_outputs match MODEL.DETR.DEC_LAYERS"):
         built(out, [target([0], [0.3, 0.3, 0.3, 0.3])])
 
 
