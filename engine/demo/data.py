@@ -6,7 +6,7 @@ Scene ``i`` of a domain and split is a pure function of ``(DATASETS.DEMO.SEED, d
 so a dataset is fixed without being stored.
 
 A batch is ``(images, targets)``: ``images`` is ``[B, 3, S, S]`` float32 in ``[0, 1]``, ``targets``
-a list of ``B`` dicts in the criterion's format (``/tmp/team/RELATION_FORMAT.md``)::
+a list of ``B`` dicts in the target format of the ``criterion`` package::
 
     {"labels": [N] int64, "boxes": [N, 4] float32 cxcywh in [0, 1], "relations": [T, 3] int64,
      "dataset_type": "real" | "synthetic", "loss_weight": float}
