@@ -111,14 +111,20 @@ def _write_state(path: str, state: Mapping[str, Any]) -> None:
 
 
 def wandb_histogram(params: Mapping[str, Any], max_bins: int = 512):
-    """A ``wandb.Histogram`` from a ``put_histogram`` record (TensorBoard-style upper limits).
+    """A ``wandb.Histogram`` from a ``put_histogram`` record (TensorBoard-style upper limits:
+    ``bucket_limits[i]`` is the upper edge of bin ``i``).
 
     W&B takes at most 512 bins, so neighbouring bins are merged when there are more.
     """
     import wandb
 
-    counts = list(params["bucket_counts"])
-    edges = [params["min"], *params["bucket_limits"]]
+    counts, limits = list(params["bucket_counts"]), list(params["bucket_limits"])
+    lower = params["min"]
+    if len(limits) > 1:
+        # A constant tensor (a zero-initialised bias) gets bins centred on its value, so the
+        # first bin starts below ``min``; one bin width below the first limit is its true edge.
+        lower = min(lower, limits[0] - (limits[1] - limits[0]))
+    edges = [lower, *limits]
     factor = math.ceil(len(counts) / max_bins)
     if factor > 1:
         counts = [sum(counts[i : i + factor]) for i in range(0, len(counts), factor)]

@@ -99,7 +99,20 @@ def test_histograms_are_logged_at_their_iteration_with_at_most_512_bins(tmp_path
     assert row["iteration"] == 9 and histogram["_type"] == "histogram"
     assert len(histogram["values"]) == 500 and len(histogram["bins"]) == 501
     assert sum(histogram["values"]) == 3000
-    assert histogram["bins"][0] == -1.0 and histogram["bins"][-1] == pytest.approx(1.0)
+    assert histogram["bins"][0] == pytest.approx(-1.0) and histogram["bins"][-1] == pytest.approx(1.0)
+
+
+def test_histogram_of_a_constant_tensor_has_increasing_edges(tmp_path):
+    with EventStorage() as storage:
+        writer = make_writer(tmp_path)
+        storage.put_histogram("params/bias", np.zeros(7), bins=4)
+        writer.write()
+        writer.close()
+    (row,) = metric_rows(read_offline_run(find_run_files(str(tmp_path))[0]))
+    bins, values = row["params/bias"]["bins"], row["params/bias"]["values"]
+    assert bins == sorted(bins) and len(set(bins)) == 5
+    (full_bin,) = [i for i, count in enumerate(values) if count]
+    assert values[full_bin] == 7 and bins[full_bin] <= 0.0 <= bins[full_bin + 1]
 
 
 def train(storage, writer, start, stop, offset):

@@ -14,7 +14,9 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import struct
+import time
 import zlib
 from typing import Any, Iterator
 
@@ -92,13 +94,32 @@ def _set_item(target: dict[str, Any], item: Any, value: Any) -> None:
     target[path[-1]] = value
 
 
-def read_offline_run(path: str) -> OfflineRun:
-    """Decode one ``run-<id>.wandb`` file into run metadata, config and per-step history."""
+def _finished_records(path: str, timeout: float) -> list[wandb_internal_pb2.Record]:
+    """The file's records once its ``exit`` record is on disk.
+
+    wandb-core writes the file in its own process and may still be flushing it when
+    ``run.finish()`` has returned, so a reader polls until the run's last record is there.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(iter_records(path))
+        except (OSError, ValueError):  # not created yet, or a chunk still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout} s (run not finished?)")
+        time.sleep(0.05)
+
+
+def read_offline_run(path: str, timeout: float = 30.0) -> OfflineRun:
+    """Decode one finished ``run-<id>.wandb`` file into run metadata, config and history."""
     run_record = None
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     metrics: list[dict[str, Any]] = []
-    for record in iter_records(path):
+    for record in _finished_records(path, timeout):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run_record = record.run
@@ -140,10 +161,25 @@ def _apply_config(config: dict[str, Any], record: Any) -> None:
         config.pop(item.key, None)
 
 
+_RUN_DIR = re.compile(r"run-(\d{8}_\d{6})-(.+?)(?:-(\d+))?$")
+
+
 def find_run_files(wandb_dir: str) -> list[str]:
-    """All ``run-*.wandb`` files under ``<wandb_dir>/wandb/``, oldest first."""
+    """All ``run-*.wandb`` files under ``<wandb_dir>/wandb/``, oldest first.
+
+    Order: the start second in the folder name (``offline-run-20250101_120000-<id>``), then
+    the ``-1``, ``-2`` suffix wandb adds when a run with the same id starts in the same second.
+    """
+
+    def start_order(path: str) -> tuple[str, int, str]:
+        folder = os.path.basename(os.path.dirname(path))
+        match = _RUN_DIR.search(folder)
+        if match is None:
+            raise ValueError(f"unexpected W&B run folder name: {folder}")
+        return match.group(1), int(match.group(3) or 0), match.group(2)
+
     files = glob.glob(os.path.join(wandb_dir, "wandb", "*run-*", "run-*.wandb"))
-    return sorted(files, key=os.path.getmtime)
+    return sorted(files, key=start_order)
 
 
 def isolate_wandb(monkeypatch: Any, root: str) -> None:
