@@ -8,7 +8,7 @@ unscale them before this hook runs if the norm should be the real one.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -58,6 +58,22 @@ class ParameterMonitor(HookBase):
         self._norm_type = norm_type
         self._bins = histogram_bins
         self._pending: List[Tuple[int, torch.Tensor]] = []
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: Optional[torch.nn.Module] = None) -> Optional["ParameterMonitor"]:
+        """The monitor ``cfg.TELEMETRY`` asks for (``LOG_GRAD_NORM``, ``HISTOGRAM_PERIOD``,
+        ``DEFERRED_REDUCTION``, ``WRITE_PERIOD``), or None when both outputs are off
+        (``register_hooks`` skips None)."""
+        telemetry = cfg.TELEMETRY
+        if not telemetry.LOG_GRAD_NORM and not telemetry.HISTOGRAM_PERIOD:
+            return None
+        return cls(
+            model,
+            log_grad_norm=telemetry.LOG_GRAD_NORM,
+            histogram_period=telemetry.HISTOGRAM_PERIOD,
+            deferred=telemetry.DEFERRED_REDUCTION,
+            period=telemetry.WRITE_PERIOD,
+        )
 
     @property
     def model(self) -> torch.nn.Module:

@@ -124,6 +124,19 @@ def test_after_train_flushes_an_interrupted_period():
         assert storage.latest()["grad_norm"] == (pytest.approx(EXPECTED_NORM), 3)
 
 
+def test_from_config_follows_the_telemetry_keys():
+    from engine.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.TELEMETRY.HISTOGRAM_PERIOD, cfg.TELEMETRY.DEFERRED_REDUCTION, cfg.TELEMETRY.WRITE_PERIOD = 50, True, 10
+    monitor = ParameterMonitor.from_config(cfg)
+    assert (monitor._log_grad_norm, monitor._histogram_period, monitor._deferred, monitor._period) == (
+        True, 50, True, 10
+    )
+    cfg.TELEMETRY.LOG_GRAD_NORM, cfg.TELEMETRY.HISTOGRAM_PERIOD = False, 0
+    assert ParameterMonitor.from_config(cfg) is None
+
+
 def test_bad_periods_are_rejected():
     with pytest.raises(ValueError, match="histogram_period >= 0 and period >= 1"):
         ParameterMonitor(histogram_period=-1)
