@@ -1,0 +1,123 @@
+"""Crash-safe checkpoints: model, optimizer, scheduler and trainer state (iteration, storage).
+
+Every file is written to a temporary name and moved into place with ``os.replace``, and the
+``last_checkpoint`` pointer is updated the same way afterwards, so a SIGKILL at any moment leaves
+either the previous or the new checkpoint, never a torn one. Checkpoints hold only tensors and
+plain Python types and are read back with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from engine import comm
+from engine.hooks import HookBase
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel/DataParallel, whose keys have no ``module.``."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Save and load a model together with other objects that have ``state_dict()``.
+
+    Args:
+        model: the model (a DDP wrapper is unwrapped).
+        save_dir: directory of the checkpoints and of the ``last_checkpoint`` pointer.
+        keep_last: how many periodic checkpoints (``<prefix>_<iter>.pth``) to keep; the final
+            checkpoint is always kept.
+        checkpointables: e.g. ``optimizer=opt, scheduler=sched``.
+    """
+
+    def __init__(self, model: torch.nn.Module, save_dir: str, *, keep_last: int = 3, **checkpointables: Any):
+        self.model = model
+        self.save_dir = save_dir
+        self.keep_last = keep_last
+        self.checkpointables = checkpointables
+
+    def save(self, name: str, **extra: Any) -> Optional[str]:
+        """Write ``<save_dir>/<name>.pth`` (main process only) and point ``last_checkpoint`` at it."""
+        if not comm.is_main_process():
+            return None
+        os.makedirs(self.save_dir, exist_ok=True)
+        data = {"model": _unwrap(self.model).state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(extra)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        tmp = path + ".tmp"
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+        _atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT_FILE), os.path.basename(path))
+        logger.info("Saved checkpoint %s", path)
+        self._prune(name_prefix=re.sub(r"_\d+$", "", name))
+        return path
+
+    def _periodic_files(self, name_prefix: str) -> List[str]:
+        pattern = re.compile(rf"^{re.escape(name_prefix)}_(\d+)\.pth$")
+        found = [(int(m.group(1)), f) for f in os.listdir(self.save_dir) if (m := pattern.match(f))]
+        return [f for _, f in sorted(found)]
+
+    def _prune(self, name_prefix: str) -> None:
+        if self.keep_last <= 0:
+            return
+        for old in self._periodic_files(name_prefix)[: -self.keep_last]:
+            os.remove(os.path.join(self.save_dir, old))
+
+    def latest_checkpoint(self) -> Optional[str]:
+        """Path named by ``last_checkpoint``, or None when there is no (existing) checkpoint."""
+        pointer = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
+        if not os.path.exists(pointer):
+            return None
+        with open(pointer, encoding="utf-8") as f:
+            path = os.path.join(self.save_dir, f.read().strip())
+        return path if os.path.exists(path) else None
+
+    def load(self, path: str) -> Dict[str, Any]:
+        """Load ``path`` into the model and checkpointables; return the remaining entries."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a torn or foreign file: say which one, not where torch failed
+            raise RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+        _unwrap(self.model).load_state_dict(data.pop("model"))
+        for key, obj in self.checkpointables.items():
+            if key in data:
+                obj.load_state_dict(data.pop(key))
+            else:
+                logger.warning("Checkpoint %s has no '%s' state; it starts fresh", path, key)
+        logger.info("Loaded checkpoint %s", path)
+        return data
+
+
+class PeriodicCheckpointer(HookBase):
+    """Save ``<prefix>_<iter:07d>.pth`` every ``period`` iterations and ``<prefix>_final.pth`` at
+    the end, each with the trainer's state (iteration, hook states, storage state)."""
+
+    def __init__(self, checkpointer: Checkpointer, period: int, file_prefix: str = "model"):
+        self.checkpointer = checkpointer
+        self.period = period
+        self.file_prefix = file_prefix
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if self.period > 0 and (iteration + 1) % self.period == 0:
+            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", trainer=self.trainer.state_dict())
+        if iteration >= self.trainer.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", trainer=self.trainer.state_dict())

@@ -1,0 +1,105 @@
+"""What every training script repeats: the argument parser, distributed start-up from
+``torchrun``'s environment, and the output-directory set-up (logger, dumped config, seed)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import random
+import sys
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine import comm
+from engine.logger import setup_logger
+
+logger = logging.getLogger(__name__)
+
+
+def default_argument_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """``--config-file``, ``--resume``, ``--output-dir`` and trailing ``KEY VALUE`` overrides."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n"
+        "  python tools/train_net.py --config-file configs/demo.yaml\n"
+        "  python tools/train_net.py --config-file configs/demo.yaml --resume\n"
+        "  python tools/train_net.py --config-file configs/demo.yaml SOLVER.MAX_ITER 50 OUTPUT_DIR outputs/short\n"
+        "  torchrun --nproc_per_node 2 tools/train_net.py --config-file configs/demo.yaml",
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a YAML config")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the output directory"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="output directory (overrides OUTPUT_DIR); 'auto' makes outputs/<config>-<time> for a new run",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_ITER 50",
+    )
+    return parser
+
+
+def output_dir_override(args: argparse.Namespace) -> List[str]:
+    """``KEY VALUE`` overrides for ``--output-dir`` (``auto`` names a fresh run directory)."""
+    if args.output_dir is None:
+        return []
+    if args.output_dir != "auto":
+        return ["OUTPUT_DIR", args.output_dir]
+    stem = os.path.splitext(os.path.basename(args.config_file))[0]
+    return ["OUTPUT_DIR", os.path.join("outputs", f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}")]
+
+
+def init_distributed_from_env() -> None:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    gloo on CPU, NCCL when CUDA is available. A plain ``python tools/train_net.py`` (no
+    WORLD_SIZE) stays a single process with no process group at all.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(comm.get_local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+
+
+def seed_all(seed: int) -> int:
+    """Seed python, numpy and torch; each rank gets ``seed + rank`` so their data differ.
+
+    A negative ``seed`` (detectron2's default ``SEED: -1``) draws a fresh one; the seed used is
+    returned and logged so the run can be repeated.
+    """
+    if seed < 0:
+        seed = int.from_bytes(os.urandom(4), "little") % 2**31
+    seed = (seed + comm.get_rank()) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def default_setup(output_dir: str, seed: int) -> logging.Logger:
+    """Create ``output_dir``, log to ``<output_dir>/log.txt`` (rank 0) and seed everything.
+
+    Fails with one line naming the directory when it cannot be created or written.
+    """
+    rank = comm.get_rank()
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        root = setup_logger(output_dir, distributed_rank=rank)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to output directory {output_dir!r}: {e.strerror or e}") from None
+    root.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
+    root.info("Python %s, torch %s", sys.version.split()[0], torch.__version__)
+    root.info("Using seed %d", seed_all(seed))
+    return root

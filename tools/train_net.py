@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""Train the demo relation DETR on synthetic scenes with every telemetry hook and writer on.
+
+    python tools/train_net.py --config-file configs/demo.yaml
+    python tools/train_net.py --config-file configs/demo.yaml --resume     # after a crash
+    torchrun --nproc_per_node 2 tools/train_net.py --config-file configs/demo.yaml
+
+This script is also the reference for wiring the telemetry into your own trainer: build the
+model, criterion and data, then register the hooks in the order below (PeriodicWriter last).
+The output directory receives log.txt, metrics.json, TensorBoard events, a W&B offline run,
+checkpoints, config.yaml, train_history.json and loss_graph.png.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from criterion import build_relation_criterion  # noqa: E402
+from engine import comm  # noqa: E402
+from engine.checkpoint import Checkpointer, PeriodicCheckpointer  # noqa: E402
+from engine.config import ConfigError, dump_config, load_config  # noqa: E402
+from engine.defaults import (  # noqa: E402
+    default_argument_parser,
+    default_setup,
+    init_distributed_from_env,
+    output_dir_override,
+)
+from engine.demo.data import build_train_loader, build_val_loader, predicate_counts  # noqa: E402
+from engine.demo.model import build_demo_model  # noqa: E402
+from engine.evaluation import evaluate_loss  # noqa: E402
+from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler, PeriodicWriter  # noqa: E402
+from engine.metrics import LossDictReducer  # noqa: E402
+from engine.param_monitor import ParameterMonitor  # noqa: E402
+from engine.train_loop import SimpleTrainer  # noqa: E402
+from engine.writer_builder import build_writers  # noqa: E402
+
+logger = logging.getLogger("train_net")
+
+
+def build_optimizer(cfg, model: torch.nn.Module):
+    """AdamW with linear warmup then step decay at ``SOLVER.STEPS`` (DETR-style training)."""
+    solver = cfg.SOLVER
+    optimizer = torch.optim.AdamW(model.parameters(), lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+
+    def lr_factor(iteration: int) -> float:
+        warmup = 1.0
+        if iteration < solver.WARMUP_ITERS:
+            alpha = iteration / max(solver.WARMUP_ITERS, 1)
+            warmup = solver.WARMUP_FACTOR * (1 - alpha) + alpha
+        return warmup * solver.GAMMA ** sum(iteration >= step for step in solver.STEPS)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def to_device(loader, device: torch.device) -> Iterator:
+    """Batches ``(images [B, 3, S, S], targets)`` moved to ``device``."""
+    for images, targets in loader:
+        yield images.to(device), [
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in target.items()} for target in targets
+        ]
+
+
+class RunHistory:
+    """``train_history.json``: one entry per session of this output directory (fresh run or
+    resume): when, from which iteration, how it ended and the final losses."""
+
+    def __init__(self, output_dir: str, config_file: str, start_iter: int, resumed: bool):
+        self.path = os.path.join(output_dir, "train_history.json")
+        self.sessions = []
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.sessions = json.load(f)["sessions"]
+            except (ValueError, KeyError, TypeError):
+                os.replace(self.path, self.path + ".unreadable")
+        self.session: Dict[str, Any] = {
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+            "config_file": config_file,
+            "resumed": resumed,
+            "start_iter": start_iter,
+            "status": "running",
+        }
+        self.sessions.append(self.session)
+        self._save()
+
+    def finish(self, status: str, storage, error: Optional[str] = None) -> None:
+        latest = storage.latest() if storage is not None else {}
+        self.session.update(
+            ended=datetime.datetime.now().isoformat(timespec="seconds"),
+            status=status,
+            last_iteration=max((itr for _, itr in latest.values()), default=None),
+            final={k: v for k, (v, _) in latest.items() if "loss" in k and "__" not in k},
+        )
+        if error:
+            self.session["error"] = error
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"sessions": self.sessions}, f, indent=2)
+        os.replace(tmp, self.path)
+
+
+def write_loss_graph(output_dir: str) -> None:
+    """``loss_graph.png`` (train and validation loss, 300 DPI) through the replot tool's code."""
+    from events.plotting import plot_train_val_loss
+    from events.readers import read_log
+
+    table = read_log(os.path.join(output_dir, "metrics.json"))
+    path = plot_train_val_loss(table, os.path.join(output_dir, "loss_graph.png"), dpi=300)
+    logger.info("Loss graph written to %s", path)
+
+
+def main(args) -> int:
+    try:
+        cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args))
+        trainer, start_iter, resumed = build_trainer(cfg, args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(trainer, cfg, args.config_file, start_iter, resumed)
+
+
+def build_trainer(cfg, args):
+    """Model, criterion, data, optimizer, checkpoint state and hooks, in the order they depend
+    on each other. Returns (trainer, start iteration, whether a checkpoint was resumed)."""
+    init_distributed_from_env()
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    output_dir = cfg.OUTPUT_DIR
+    default_setup(output_dir, cfg.SEED)
+    device = torch.device(cfg.MODEL.DEVICE)
+
+    model = build_demo_model(cfg).to(device)
+    train_data = build_train_loader(cfg, rank, world_size)
+    counts = None
+    if cfg.MODEL.DETR.REWEIGHT_RELATIONS:
+        counts = predicate_counts(train_data.datasets.values(), cfg.MODEL.DETR.NUM_REL_CLASSES)
+    criterion = build_relation_criterion(
+        cfg.MODEL.DETR, multi_dataset=cfg.DATASETS.MULTI_DATASET, predicate_counts=counts
+    )
+    optimizer, scheduler = build_optimizer(cfg, model)
+    checkpointer = Checkpointer(model, output_dir, optimizer=optimizer)
+
+    # Resume: the checkpoint fixes the start iteration, which the data stream and writers follow.
+    checkpoint = checkpointer.latest_checkpoint() if args.resume else None
+    start_iter = 0
+    extra: Dict[str, Any] = {}
+    if checkpoint is not None:
+        extra = checkpointer.load(checkpoint)
+        start_iter = int(extra["trainer"]["iteration"]) + 1
+    elif args.resume:
+        logger.info("--resume: no checkpoint in %s, starting from iteration 0", output_dir)
+    if comm.is_main_process():
+        dump_config(cfg, os.path.join(output_dir, "config.yaml"))
+
+    train_model = model
+    if world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    train_data.start_iter = start_iter  # batch i is a pure function of i: resume replays the stream
+    loader = to_device(train_data, device)
+    telemetry = cfg.TELEMETRY
+    trainer = SimpleTrainer(
+        train_model,
+        loader,
+        optimizer,
+        criterion,
+        criterion.weight_dict,
+        deferred_metrics=telemetry.DEFERRED_REDUCTION,
+        metrics_period=telemetry.WRITE_PERIOD,
+    )
+    val_loader = build_val_loader(cfg, rank, world_size)
+    val_reducer = LossDictReducer(criterion.weight_dict)
+
+    def validation() -> Dict[str, Dict[str, float]]:
+        values = evaluate_loss(
+            train_model, criterion, to_device(val_loader, device), reducer=val_reducer, iteration=trainer.iter
+        )
+        return {"validation": values}
+
+    max_iter = cfg.SOLVER.MAX_ITER
+    writers = build_writers(cfg, output_dir, max_iter, resume_iter=start_iter if args.resume else None)
+    trainer.register_hooks(
+        [
+            IterationTimer(),
+            LRScheduler(scheduler=scheduler),
+            ParameterMonitor(
+                log_grad_norm=telemetry.LOG_GRAD_NORM,
+                histogram_period=telemetry.HISTOGRAM_PERIOD,
+                deferred=telemetry.DEFERRED_REDUCTION,
+                period=telemetry.WRITE_PERIOD,
+            ),
+            GradientClipper(cfg.SOLVER.CLIP_GRAD_NORM) if cfg.SOLVER.CLIP_GRAD_NORM > 0 else None,
+            EvalHook(cfg.TEST.EVAL_PERIOD, validation),
+            PeriodicWriter(writers, period=telemetry.WRITE_PERIOD),
+            # Last: a checkpoint at iteration i is taken after i's metrics are on disk, so a
+            # kill between the two never loses a record from before the checkpoint.
+            PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+        ]
+    )
+    if extra:
+        trainer.load_state_dict(extra["trainer"])
+    return trainer, start_iter, checkpoint is not None
+
+
+def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed: bool) -> int:
+    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png at the end."""
+    output_dir = cfg.OUTPUT_DIR
+    history = RunHistory(output_dir, config_file, start_iter, resumed) if comm.is_main_process() else None
+    try:
+        trainer.train(start_iter, cfg.SOLVER.MAX_ITER)
+    except FloatingPointError as e:
+        # Every rank raises at the same iteration; what was logged before is on disk.
+        if history:
+            history.finish("non-finite loss", trainer.storage, error=str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BaseException as e:
+        if history:
+            history.finish("crashed", trainer.storage, error=f"{type(e).__name__}: {e}")
+        raise
+    if history:
+        history.finish("completed", trainer.storage)
+        write_loss_graph(output_dir)
+    comm.synchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(default_argument_parser(__doc__.splitlines()[0]).parse_args()))
