@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import itertools
+import operator
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,6 +135,8 @@ class _Layout:
     count_keys: List[str]  # ``K + NUM_SAMPLES_SUFFIX`` of the counted names, in registry order
     uncounted: List[str]
     weight_order: np.ndarray  # registry index -> column in the [counts | presence] block
+    get_values: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # names' entries of a dict
+    get_counts: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # count_keys' entries
 
     @classmethod
     def of(cls, names: Sequence[str], counted: Sequence[bool]) -> "_Layout":
@@ -145,12 +149,19 @@ class _Layout:
             else:
                 order.append(next_presence)
                 next_presence += 1
+        count_keys = [n + NUM_SAMPLES_SUFFIX for n, c in zip(names, counted) if c]
         return cls(
             names=list(names),
-            count_keys=[n + NUM_SAMPLES_SUFFIX for n, c in zip(names, counted) if c],
+            count_keys=count_keys,
             uncounted=[n for n, c in zip(names, counted) if not c],
             weight_order=np.asarray(order, dtype=np.intp),
+            get_values=_tuple_getter(names),
+            get_counts=_tuple_getter(count_keys),
         )
+
+    def presence(self, keys: Any) -> np.ndarray:
+        """1.0 / 0.0 per uncounted name: whether it is in ``keys``."""
+        return np.array([name in keys for name in self.uncounted], dtype=np.float64)
 
 
 @dataclasses.dataclass
@@ -160,7 +171,7 @@ class _PendingStep:
     iteration: int
     data_time: float
     row: torch.Tensor  # [values | counts] of the registry at packing time, float64, loss device
-    presence: List[float]  # of the uncounted keys of the registry at packing time
+    presence: np.ndarray  # of the uncounted names of the registry at packing time
     registry_size: int
     unregistered: Optional[Dict[str, torch.Tensor]]  # entries the registry lacked, or None
     invalid: Optional[str]  # why this rank's dict cannot be reduced, or None
@@ -172,6 +183,8 @@ class _KeySetCheck:
 
     unregistered: Tuple[str, ...]  # keys (values and their counts) the registry lacks
     invalid: Optional[str]
+    complete: bool = False  # holds every registered name (and count): no padding needed
+    presence: Optional[np.ndarray] = None  # see _Layout.presence
 
 
 class LossDictReducer:
@@ -204,7 +217,7 @@ class LossDictReducer:
         self._counted: List[bool] = []
         self._index: Dict[str, int] = {}
         self._layout = _Layout.of([], [])
-        self._loss_terms: List[str] = []  # registered names that are loss terms
+        self._loss_term_mask = np.zeros(0)  # 1.0 for registered names that are loss terms
         self._checks: Dict[Tuple[str, ...], _KeySetCheck] = {}
         self._zeros: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._pending: List[_PendingStep] = []
@@ -259,10 +272,9 @@ class LossDictReducer:
             return []
         gathered = self._exchange(steps)
         flags = gathered[:, :, -_NUM_EXTRA_COLUMNS:]
-        if flags[:, :, _INVALID].any():
-            self._raise_invalid(steps, flags[:, :, _INVALID])
-        if flags[:, :, _HAS_UNREGISTERED].any():
-            # Every rank sees the flag, so every rank takes this branch: no hang.
+        if flags[:, :, _HAS_UNREGISTERED:].any():  # rare; every rank sees it: no hang
+            if flags[:, :, _INVALID].any():
+                self._raise_invalid(steps, flags[:, :, _INVALID])
             self._register(steps)
             gathered = self._exchange(steps)
         return self._finish(steps, gathered)
@@ -273,45 +285,53 @@ class LossDictReducer:
         check = self._checks.get(keys)
         if check is None:
             check = self._checks[keys] = self._check_key_set(keys)
-        size = len(self._names)
-        invalid, unregistered = check.invalid, None
+        size, layout = len(self._names), self._layout
+        invalid, unregistered, source = check.invalid, None, loss_dict
         if invalid is None:
             try:
-                row, presence = self._pack_entries(loss_dict, self._layout)
+                row = self._pack_entries(source, layout, check.complete)
             except (TypeError, RuntimeError):
                 # Python numbers, [1]-shaped or mixed-device tensors, or garbage: normalize
                 # entry by entry (slow, with a named error) and pack again.
-                loss_dict, invalid = _normalized(loss_dict)
+                source, invalid = _normalized(loss_dict)
                 if invalid is None:
-                    row, presence = self._pack_entries(loss_dict, self._layout)
+                    row = self._pack_entries(source, layout, check.complete)
         if invalid is None and check.unregistered:
             # Rare (a new key set): keep the new entries, detached, to widen the row later.
-            unregistered, invalid = _normalized({key: loss_dict[key] for key in check.unregistered})
+            unregistered, invalid = _normalized({key: source[key] for key in check.unregistered})
         if invalid is not None:
-            device = _device_and_dtype(loss_dict)[0] if loss_dict else torch.device("cpu")
-            row = torch.zeros(size + len(self._layout.count_keys), dtype=torch.float64, device=device)
-            presence, unregistered = [0.0] * len(self._layout.uncounted), None
-        return _PendingStep(iteration, data_time, row, presence, size, unregistered, invalid)
+            device = _device_and_dtype(loss_dict)[0]
+            row = torch.zeros(size + len(layout.count_keys), dtype=torch.float64, device=device)
+            return _PendingStep(iteration, data_time, row, layout.presence(()), size, None, invalid)
+        return _PendingStep(iteration, data_time, row, check.presence, size, unregistered, None)
 
-    def _pack_entries(self, source: Mapping[str, Any], layout: _Layout) -> Tuple[torch.Tensor, List[float]]:
-        """``layout``'s ``[values | counts]`` of ``source`` as one float64 device vector (built
-        with ``torch.stack``: asynchronous on CUDA, no host sync) and its host presence list."""
-        device, dtype = _device_and_dtype(source)
-        zero = self._zeros.get((device, dtype))
-        if zero is None:
-            zero = self._zeros[(device, dtype)] = torch.zeros((), dtype=dtype, device=device)
-        get = source.get
+    def _pack_entries(self, source: Mapping[str, Any], layout: _Layout, complete: bool) -> torch.Tensor:
+        """``layout``'s ``[values | counts]`` of ``source`` as one float64 vector on the entries'
+        device, built with ``torch.stack`` (asynchronous on CUDA: no host sync). Absent names
+        are padded with zeros unless ``source`` is known to be ``complete``."""
+        if complete:
+            values, counts = layout.get_values(source), layout.get_counts(source)
+        else:
+            device, dtype = _device_and_dtype(source)
+            zero = self._zeros.get((device, dtype))
+            if zero is None:
+                zero = self._zeros[(device, dtype)] = torch.zeros((), dtype=dtype, device=device)
+            get = source.get
+            values = [get(name, zero) for name in layout.names]
+            counts = [get(key, zero) for key in layout.count_keys]
         with torch.no_grad():  # a pending row must never keep the autograd graph alive
-            parts = [torch.stack([get(name, zero) for name in layout.names])] if layout.names else []
-            if layout.count_keys:
-                parts.append(torch.stack([get(key, zero) for key in layout.count_keys]))
-            if len(parts) == 1:
-                row = parts[0].to(torch.float64)
-            else:
-                row = torch.cat([part.to(torch.float64) for part in parts]) if parts else zero.new_zeros(0)
+            # Two stacks, not one: counts are often integer tensors, and a mixed-dtype stack is
+            # several times slower than a uniform one.
+            parts = [torch.stack(entries).to(torch.float64) for entries in (values, counts) if entries]
+            if len(parts) == 2:
+                row = torch.cat(parts)
+            elif parts:
+                row = parts[0]
+            else:  # nothing registered yet (the first step)
+                row = torch.zeros(0, dtype=torch.float64, device=_device_and_dtype(source)[0])
         if row.dim() != 1:
             raise RuntimeError("loss dict entries are not scalars")
-        return row, [1.0 if name in source else 0.0 for name in layout.uncounted]
+        return row
 
     def _check_key_set(self, keys: Tuple[str, ...]) -> _KeySetCheck:
         present = set(keys)
@@ -327,20 +347,20 @@ class LossDictReducer:
                 unregistered += [key, key + NUM_SAMPLES_SUFFIX] if counted else [key]
             elif self._counted[index] != counted:
                 return _KeySetCheck((), _count_mismatch_message(key))
-        return _KeySetCheck(tuple(unregistered), None)
+        layout = self._layout
+        complete = present.issuperset(layout.names) and present.issuperset(layout.count_keys)
+        return _KeySetCheck(tuple(unregistered), None, complete, layout.presence(present))
 
     # ------------------------------------------------------------------ exchange (per flush)
     def _exchange(self, steps: List[_PendingStep]) -> np.ndarray:
         """All ranks' packed steps as a host array ``[world, steps, row length]``."""
         widened = [self._widened(step) for step in steps]
         device_part = widened[0][0][None] if len(steps) == 1 else torch.stack([row for row, _ in widened])
-        host_part = np.array(
-            [
-                presence + [step.data_time, step.unregistered is not None, step.invalid is not None]
-                for step, (_, presence) in zip(steps, widened)
-            ],
-            dtype=np.float64,
-        )
+        num_presence = len(self._layout.uncounted)
+        host_part = np.empty((len(steps), num_presence + _NUM_EXTRA_COLUMNS))
+        for host_row, step, (_, presence) in zip(host_part, steps, widened):
+            host_row[:num_presence] = presence
+            host_row[num_presence:] = (step.data_time, step.unregistered is not None, step.invalid is not None)
         world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         if world_size == 1:
             return np.concatenate([device_part.cpu().numpy(), host_part], axis=1)[None]
@@ -351,22 +371,16 @@ class LossDictReducer:
         dist.all_gather(parts, packed, group=self._group)
         return torch.stack(parts).cpu().numpy()
 
-    def _widened(self, step: _PendingStep) -> Tuple[torch.Tensor, List[float]]:
+    def _widened(self, step: _PendingStep) -> Tuple[torch.Tensor, np.ndarray]:
         """``step``'s row and presence against a registry that may have grown since packing."""
         old, size = step.registry_size, len(self._names)
         if old == size:
             return step.row, step.presence
         added = _Layout.of(self._names[old:], self._counted[old:])
-        if step.unregistered is None:
-            new_row = torch.zeros(len(added.names) + len(added.count_keys), dtype=torch.float64)
-            new_presence = [0.0] * len(added.uncounted)
-        else:
-            new_row, new_presence = self._pack_entries(step.unregistered, added)
-        new_row = new_row.to(step.row.device)
-        row = torch.cat(
-            [step.row[:old], new_row[: size - old], step.row[old:], new_row[size - old :]]
-        )
-        return row, step.presence + new_presence
+        source = step.unregistered or {}
+        new_row = self._pack_entries(source, added, complete=False).to(step.row.device)
+        row = torch.cat([step.row[:old], new_row[: size - old], step.row[old:], new_row[size - old :]])
+        return row, np.concatenate([step.presence, added.presence(source)])
 
     def _register(self, steps: List[_PendingStep]) -> None:
         """Exchange unregistered names and extend the registry identically on every rank."""
@@ -379,14 +393,19 @@ class LossDictReducer:
         for rank_names in comm.all_gather(list(local.items()), group=self._group):
             for name, counted in rank_names:
                 if proposed.setdefault(name, counted) != counted:
-                    raise ValueError(_count_mismatch_message(name))
+                    raise ValueError(
+                        f"Invalid loss dicts at iterations {steps[0].iteration}..{steps[-1].iteration}: "
+                        + _count_mismatch_message(name)
+                    )
         for name, counted in proposed.items():
             self._index[name] = len(self._names)
             self._names.append(name)
             self._counted.append(counted)
-            if name.startswith("loss") and not counted:
-                self._loss_terms.append(name)
         self._layout = _Layout.of(self._names, self._counted)
+        self._loss_term_mask = np.array(
+            [name.startswith("loss") and not counted for name, counted in zip(self._names, self._counted)],
+            dtype=np.float64,
+        )
         self._checks.clear()
 
     def _raise_invalid(self, steps: List[_PendingStep], invalid: np.ndarray) -> None:
@@ -400,15 +419,18 @@ class LossDictReducer:
     # ------------------------------------------------------------------ reduction (host)
     def _finish(self, steps: List[_PendingStep], gathered: np.ndarray) -> List[Tuple[int, Reduced]]:
         layout, size = self._layout, len(self._names)
-        num_weights = len(layout.count_keys) + len(layout.uncounted)
+        num_counts = len(layout.count_keys)
+        num_weights = num_counts + len(layout.uncounted)
         values = gathered[:, :, :size]  # [world, steps, keys]
         weights = gathered[:, :, size : size + num_weights][:, :, layout.weight_order]
-        data_times = gathered[:, :, size + num_weights + _DATA_TIME].max(axis=0).tolist()
+        data_times = gathered[:, :, size + num_weights + _DATA_TIME].max(axis=0)
         last = len(steps)
-        counts = gathered[:, :, size : size + len(layout.count_keys)]
-        if not (np.isfinite(gathered).all() and (counts >= 0).all()):
-            # Rare: mask out entries with no weight (a count of 0 may stand beside a NaN mean
-            # over nothing) and find the first step with a real problem.
+        # One sum tells whether everything is finite (a huge finite sum that overflows only
+        # sends us down the careful path, which finds no problem).
+        all_finite = math.isfinite(gathered.sum())
+        if not all_finite or (num_counts and gathered[:, :, size : size + num_counts].min() < 0):
+            # Rare: find the first step with a real problem, and mask out entries without
+            # weight (a count of 0 may stand beside a NaN mean over nothing).
             present = weights > 0
             with np.errstate(invalid="ignore"):
                 bad_values = present & ~np.isfinite(values)
@@ -419,19 +441,25 @@ class LossDictReducer:
                 last = int(np.argmax(problems))
             usable = present & np.isfinite(values) & np.isfinite(weights)  # differs only in problem steps
             values, weights = np.where(usable, values, 0.0), np.where(usable, weights, 0.0)
-        weight_sums = weights.sum(axis=0)  # [steps, keys]
-        held = weight_sums > 0
-        means = np.divide((values * weights).sum(axis=0), weight_sums, out=np.zeros_like(weight_sums), where=held)
+        if len(gathered) == 1:  # one rank: nothing to sum over
+            weight_sums, weighted_sums = weights[0], values[0] * weights[0]
+        else:
+            weight_sums, weighted_sums = weights.sum(axis=0), (values * weights).sum(axis=0)
+        held = weight_sums > 0  # [steps, keys]
+        means = weighted_sums / np.where(held, weight_sums, 1.0)  # 0 where not held
+        totals = self._totals(means, held)
 
         results = []
-        for index in range(last):
-            reduced = {
-                name: mean
-                for name, mean, has in zip(self._names, means[index].tolist(), held[index].tolist())
-                if has
-            }
-            self._add_totals(reduced)
-            reduced[DATA_TIME] = data_times[index]
+        names = self._names
+        for index, held_here, means_here, data_time in zip(range(last), held.tolist(), means.tolist(), data_times.tolist()):
+            if all(held_here):
+                reduced = dict(zip(names, means_here))
+            else:
+                reduced = dict(zip(itertools.compress(names, held_here), itertools.compress(means_here, held_here)))
+            for name, column in totals:
+                if column[index] is not None:
+                    reduced[name] = column[index]
+            reduced[DATA_TIME] = data_time
             reduced[RANK_DATA_TIME] = steps[index].data_time
             results.append((steps[index].iteration, reduced))
         if last < len(steps):
@@ -440,18 +468,23 @@ class LossDictReducer:
             )
         return results
 
-    def _add_totals(self, reduced: Reduced) -> None:
+    def _totals(self, means: np.ndarray, held: np.ndarray) -> List[Tuple[str, List[Optional[float]]]]:
+        """``[(name, per-step value or None)]`` for total_loss (and total_loss_weighted);
+        ``means`` / ``held`` are ``[steps, keys]`` (means 0 where not held)."""
         weight_dict = self.weight_dict
         if weight_dict is None:
-            terms = [reduced[name] for name in self._loss_terms if name in reduced]
+            in_total, weights = self._loss_term_mask, None
         else:
-            terms = [reduced[name] for name in weight_dict if name in reduced]
-            if terms:
-                reduced[TOTAL_LOSS_WEIGHTED] = math.fsum(
-                    weight * reduced[name] for name, weight in weight_dict.items() if name in reduced
-                )
-        if terms:
-            reduced[TOTAL_LOSS] = math.fsum(terms)
+            in_total = np.array([name in weight_dict for name in self._names], dtype=np.float64)
+            weights = np.array([weight_dict.get(name, 0.0) for name in self._names], dtype=np.float64)
+        has_terms = (held @ in_total > 0).tolist()
+        columns = [(TOTAL_LOSS, means @ in_total)]
+        if weights is not None:
+            columns.append((TOTAL_LOSS_WEIGHTED, means @ weights))
+        return [
+            (name, [value if has else None for value, has in zip(column.tolist(), has_terms)])
+            for name, column in columns
+        ]
 
     def _raise_for_step(
         self,
@@ -480,6 +513,14 @@ def _count_mismatch_message(name: str) -> str:
         f"{name!r} must carry its count {name + NUM_SAMPLES_SUFFIX!r} on every step and rank, "
         "or never"
     )
+
+
+def _tuple_getter(keys: Sequence[str]) -> Callable[[Mapping[str, Any]], Tuple[Any, ...]]:
+    """``lambda d: tuple(d[k] for k in keys)``, in C (``operator.itemgetter``)."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda source: (source[key],)
+    return operator.itemgetter(*keys) if keys else (lambda source: ())
 
 
 def _device_and_dtype(source: Mapping[str, Any]) -> Tuple[torch.device, torch.dtype]:

@@ -81,6 +81,14 @@ def test_keys_may_come_and_go_between_steps():
     assert "loss_a" not in third and third["total_loss"] == 4.0
 
 
+def test_no_total_without_loss_terms():
+    reducer = LossDictReducer()
+    assert "total_loss" not in reducer.reduce({"k_log_layer1": T(2.0), "class_error": T(5.0)}, 0.0, 0)
+    reducer.weight_dict = {"loss_ce": 1.0}
+    reduced = reducer.reduce({"k_log_layer1": T(2.0)}, 0.0, 1)
+    assert "total_loss" not in reduced and "total_loss_weighted" not in reduced
+
+
 def test_a_zero_count_means_no_value_even_beside_a_nan_mean_over_nothing():
     loss_dict = {"loss_ce": T(1.0), "loss_synth": T(NAN), "loss_synth" + NUM_SAMPLES_SUFFIX: T(0)}
     reduced = LossDictReducer().reduce(loss_dict, 0.0, 0)
