@@ -106,10 +106,6 @@ class TensorboardXWriter(EventWriter):
         # Fail at construction (one clear line) rather than at the first write.
         import_optional("tensorboardX", "tb", "TensorboardXWriter")
         self._window_size = window_size
-        # tensorboardX names event files by the second; a writer started within the same
-        # second (a quick resume) would truncate the previous file. Nanoseconds keep the names
-        # distinct and in time order, which is the order TensorBoard applies purges in.
-        kwargs.setdefault("filename_suffix", f".{time.time_ns() % 10**9:09d}")
         # tensorboardX's thread flushes every flush_secs (default 120): a crash would lose up to
         # two minutes and a live TensorBoard would lag as much. Five seconds costs nothing.
         kwargs.setdefault("flush_secs", DEFAULT_FLUSH_SECS)
@@ -124,7 +120,11 @@ class TensorboardXWriter(EventWriter):
     def _writer(self):
         from tensorboardX import SummaryWriter
 
-        return SummaryWriter(**self._writer_args)
+        # tensorboardX names event files by the second; a writer started within the same
+        # second (a quick resume) would truncate the previous file. The creation time in ns
+        # keeps names distinct and in time order, the order TensorBoard applies purges in.
+        args = {"filename_suffix": f".{time.time_ns()}", **self._writer_args}
+        return SummaryWriter(**args)
 
     def _file_writer(self):
         """The writer's event file, checked alive: a dead worker thread would block us forever."""
