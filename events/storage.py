@@ -60,6 +60,9 @@ class EventStorage:
         self._vis_data: List[Tuple[str, Any, int]] = []
         self._histograms: List[Dict[str, Any]] = []
         self._history_length = int(history_length)
+        # Every writer asks for the smoothed view at each period; compute it once per change.
+        self._smoothed_cache: Optional[Tuple[int, int, Dict[str, Tuple[float, int]]]] = None
+        self._version = 0
 
     # ------------------------------------------------------------------ scalars
     def _buffer(self, name: str) -> HistoryBuffer:
@@ -84,6 +87,7 @@ class EventStorage:
         name = self._current_prefix + name
         cur_iter = self._iter if cur_iter is None else int(cur_iter)
         value = float(value)
+        self._version += 1
         self._buffer(name).update(value, cur_iter)
         self._latest_scalars[name] = (value, cur_iter)
         self._check_hint(name, smoothing_hint)
@@ -111,6 +115,7 @@ class EventStorage:
         if len(names) != len(values):
             raise ValueError(f"put_scalars_bulk got {len(names)} names and {len(values)} values")
         cur_iter = self._iter if cur_iter is None else int(cur_iter)
+        self._version += 1
         prefix = self._current_prefix
         history, latest, hints = self._history, self._latest_scalars, self._smoothing_hints
         for name, value in zip(names, values):
@@ -143,12 +148,16 @@ class EventStorage:
         """Like ``latest`` but smoothed keys report the median of their last ``window_size``
         values (the values put within the last ``window_size`` iterations when several values
         are put per iteration, as detectron2's ``count_samples`` does)."""
+        cache = self._smoothed_cache
+        if cache is not None and cache[0] == self._version and cache[1] == window_size:
+            return dict(cache[2])
         result = {}
         for name, (value, itr) in self._latest_scalars.items():
             if self._smoothing_hints[name]:
                 value = self._history[name].median(self.count_samples(name, window_size))
             result[name] = (value, itr)
-        return result
+        self._smoothed_cache = (self._version, window_size, result)
+        return dict(result)
 
     def count_samples(self, name: str, window_size: int = 20) -> int:
         """How many of ``name``'s last values were put within the last ``window_size`` iterations
@@ -266,3 +275,4 @@ class EventStorage:
         self._latest_scalars = {
             name: (float(value), int(itr)) for name, (value, itr) in state["latest"].items()
         }
+        self._version += 1

@@ -120,3 +120,14 @@ def test_state_dict_is_loadable_with_torch_weights_only(tmp_path):
         torch.save(storage.state_dict(), tmp_path / "s.pth")
     state = torch.load(tmp_path / "s.pth", weights_only=True)
     assert state["histories"]["loss"]["values"] == [1.0]
+
+
+def test_smoothed_view_is_recomputed_after_every_put():
+    with EventStorage() as storage:
+        storage.put_scalar("loss", 1.0, cur_iter=0)
+        first = storage.latest_with_smoothing_hint(20)
+        first["loss"] = (99.0, 0)  # callers may mutate what they get
+        assert storage.latest_with_smoothing_hint(20) == {"loss": (1.0, 0)}
+        storage.put_scalars_bulk(["loss"], [3.0], cur_iter=1)
+        assert storage.latest_with_smoothing_hint(20) == {"loss": (2.0, 1)}
+        assert storage.latest_with_smoothing_hint(1) == {"loss": (3.0, 1)}
