@@ -280,6 +280,8 @@ def assemble_runs(collected: Collected, source: str, fmt: str, skipped: SkippedL
     """One LogTable per run found in ``collected`` (see the module docstring for the rules)."""
     names = _display_names(collected.blocks)
     count = len(collected.steps)
+    if count == 0:
+        return []
     is_train = np.zeros(count, dtype=bool)
     has_val = np.zeros(count, dtype=bool)
     for block in collected.blocks:

@@ -44,7 +44,8 @@ def collect_csv(lines: List[str], skipped: SkippedLines) -> Collected:
     header = [name.strip() for name in header_row[1]]
     step_key = step_key_of([{name.lower(): None for name in header}])
     header = [name.lower() if name.lower() == step_key else name for name in header]
-    records: List[Tuple[int, Dict[str, object]]] = []
+    numbers: List[int] = []
+    records: List[Dict[str, object]] = []
     for index, (number, cells) in enumerate(rows):
         if len(cells) != len(header):
             skipped.add_line(number, f"{len(cells)} fields where the header has {len(header)}")
@@ -58,6 +59,7 @@ def collect_csv(lines: List[str], skipped: SkippedLines) -> Collected:
                 record[name.lower()] = cell.strip()
             elif cell.strip().lower() not in MISSING_TOKENS:
                 skipped.add_value(number, f"{name}: {cell[:40]!r} is not a number")
-        records.append((number, record))
-    collect_stepped(records, step_key or "step", skipped, collector)
+        numbers.append(number)
+        records.append(record)
+    collect_stepped(numbers, records, step_key or "step", skipped, collector)
     return collector.finish(step_unit="epoch" if step_key == "epoch" else "iteration")

@@ -39,8 +39,10 @@ def detect_json_format(records: List[Record]) -> str:
         return "detectron2-metrics"
     if any("step" in r and "iter" in r for r in records):
         return "mmengine-scalars"
+    # DETR's main.py: train_* and test_* stats (and n_parameters) per epoch, no iteration field.
     prefixed = sum(1 for r in records if any(k.startswith(("train_", "test_")) for k in r))
-    if prefixed and prefixed >= len(records) / 2 and not any(k in r for r in records for k in _STEP_KEYS[:4]):
+    detr_marks = any(k.startswith("test_") or k == "n_parameters" for r in records for k in r)
+    if detr_marks and prefixed >= len(records) / 2 and not any(k in r for r in records for k in _STEP_KEYS[:4]):
         return "detr-log"
     return "jsonl"
 
