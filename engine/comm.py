@@ -7,6 +7,7 @@ of a world of size 1: the helpers return at once, with no communication and no a
 Names and behaviour follow detectron2's ``detectron2/utils/comm.py`` so trainer code written for
 it runs unchanged.
 """
+
 from __future__ import annotations
 
 import os

@@ -33,6 +33,7 @@ reduces the whole period with one host transfer and one collective at the flush:
 and no communication per step. The trade-off: a NaN is noticed at the flush, up to one period
 late. The error then names the first bad iteration, and the steps before it are still written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,11 +115,18 @@ class NonFiniteLossError(FloatingPointError):
             the bad one (deferred mode), so that they can still be written.
     """
 
-    def __init__(self, iteration: int, bad_ranks: Mapping[str, Sequence[int]], reduced_before: List[Tuple[int, Reduced]]):
+    def __init__(
+        self,
+        iteration: int,
+        bad_ranks: Mapping[str, Sequence[int]],
+        reduced_before: List[Tuple[int, Reduced]],
+    ):
         self.iteration = iteration
         self.keys = list(bad_ranks)
         self.reduced_before = reduced_before
-        named = ", ".join(f"{key} (rank {', '.join(map(str, ranks))})" for key, ranks in bad_ranks.items())
+        named = ", ".join(
+            f"{key} (rank {', '.join(map(str, ranks))})" for key, ranks in bad_ranks.items()
+        )
         super().__init__(f"Loss became infinite or NaN at iteration={iteration}: {named}")
 
 
@@ -339,7 +347,9 @@ class LossDictReducer:
         for key in keys:
             if key.endswith(NUM_SAMPLES_SUFFIX):
                 if key[: -len(NUM_SAMPLES_SUFFIX)] not in present:
-                    return _KeySetCheck((), f"{key!r} has no value key {key[: -len(NUM_SAMPLES_SUFFIX)]!r}")
+                    return _KeySetCheck(
+                        (), f"{key!r} has no value key {key[: -len(NUM_SAMPLES_SUFFIX)]!r}"
+                    )
                 continue
             counted = key + NUM_SAMPLES_SUFFIX in present
             index = self._index.get(key)
@@ -355,12 +365,18 @@ class LossDictReducer:
     def _exchange(self, steps: List[_PendingStep]) -> np.ndarray:
         """All ranks' packed steps as a host array ``[world, steps, row length]``."""
         widened = [self._widened(step) for step in steps]
-        device_part = widened[0][0][None] if len(steps) == 1 else torch.stack([row for row, _ in widened])
+        device_part = (
+            widened[0][0][None] if len(steps) == 1 else torch.stack([row for row, _ in widened])
+        )
         num_presence = len(self._layout.uncounted)
         host_part = np.empty((len(steps), num_presence + _NUM_EXTRA_COLUMNS))
         for host_row, step, (_, presence) in zip(host_part, steps, widened):
             host_row[:num_presence] = presence
-            host_row[num_presence:] = (step.data_time, step.unregistered is not None, step.invalid is not None)
+            host_row[num_presence:] = (
+                step.data_time,
+                step.unregistered is not None,
+                step.invalid is not None,
+            )
         world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         if world_size == 1:
             return np.concatenate([device_part.cpu().numpy(), host_part], axis=1)[None]
@@ -403,7 +419,10 @@ class LossDictReducer:
             self._counted.append(counted)
         self._layout = _Layout.of(self._names, self._counted)
         self._loss_term_mask = np.array(
-            [name.startswith("loss") and not counted for name, counted in zip(self._names, self._counted)],
+            [
+                name.startswith("loss") and not counted
+                for name, counted in zip(self._names, self._counted)
+            ],
             dtype=np.float64,
         )
         self._checks.clear()
@@ -439,7 +458,9 @@ class LossDictReducer:
             problems = (bad_values | bad_counts | negative).any(axis=(0, 2))
             if problems.any():
                 last = int(np.argmax(problems))
-            usable = present & np.isfinite(values) & np.isfinite(weights)  # differs only in problem steps
+            usable = (
+                present & np.isfinite(values) & np.isfinite(weights)
+            )  # differs only in problem steps
             values, weights = np.where(usable, values, 0.0), np.where(usable, weights, 0.0)
         if len(gathered) == 1:  # one rank: nothing to sum over
             weight_sums, weighted_sums = weights[0], values[0] * weights[0]
@@ -451,11 +472,15 @@ class LossDictReducer:
 
         results = []
         names = self._names
-        for index, held_here, means_here, data_time in zip(range(last), held.tolist(), means.tolist(), data_times.tolist()):
+        for index, held_here, means_here, data_time in zip(
+            range(last), held.tolist(), means.tolist(), data_times.tolist()
+        ):
             if all(held_here):
                 reduced = dict(zip(names, means_here))
             else:
-                reduced = dict(zip(itertools.compress(names, held_here), itertools.compress(means_here, held_here)))
+                reduced = dict(
+                    zip(itertools.compress(names, held_here), itertools.compress(means_here, held_here))
+                )
             for name, column in totals:
                 if column[index] is not None:
                     reduced[name] = column[index]
@@ -464,7 +489,11 @@ class LossDictReducer:
             results.append((steps[index].iteration, reduced))
         if last < len(steps):
             self._raise_for_step(
-                steps[last].iteration, bad_values[:, last], bad_counts[:, last], negative[:, last], results
+                steps[last].iteration,
+                bad_values[:, last],
+                bad_counts[:, last],
+                negative[:, last],
+                results,
             )
         return results
 
@@ -588,7 +617,9 @@ class MetricsWriter:
         self.period = period
         self.prefix = prefix
 
-    def write(self, loss_dict: Mapping[str, Any], data_time: float, cur_iter: Optional[int] = None) -> None:
+    def write(
+        self, loss_dict: Mapping[str, Any], data_time: float, cur_iter: Optional[int] = None
+    ) -> None:
         """Reduce (or buffer) one step; ``cur_iter`` defaults to the storage's iteration."""
         storage = get_event_storage()
         iteration = storage.iter if cur_iter is None else int(cur_iter)

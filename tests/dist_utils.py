@@ -13,6 +13,7 @@ worker's traceback; a worker that does not finish within ``timeout`` seconds is 
 call raises ``TimeoutError``. Collectives inside a worker also time out after ``timeout``
 seconds (the process group's own timeout), so a missing peer is an error, not a stall.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -63,10 +64,7 @@ def _rank_entry(
 
 
 def run_distributed(
-    fn: Callable[..., Any],
-    world_size: int,
-    args: Sequence[Any] = (),
-    timeout: float = DEFAULT_TIMEOUT_S,
+    fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (), timeout: float = DEFAULT_TIMEOUT_S
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks in fresh processes.
 

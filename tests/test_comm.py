@@ -1,5 +1,6 @@
 """engine.comm without a process group (free, no communication) and on 2 gloo ranks; and the
 tests/dist_utils.py harness itself (errors and hangs surface as failures, never as a stall)."""
+
 import time
 
 import pytest

@@ -1,6 +1,7 @@
 """engine.metrics in one process: the reduction's semantics (totals, counts, NaN, bad input),
 deferred mode, and the storage-facing write_metrics / MetricsWriter. The cross-rank behaviour
 lives in test_metrics_distributed.py."""
+
 import math
 
 import pytest
@@ -122,10 +123,16 @@ def test_non_finite_count_is_named_as_the_count_key():
 @pytest.mark.parametrize(
     "loss_dict, message",
     [
-        ({"loss_a": T(1.0), "loss_b" + NUM_SAMPLES_SUFFIX: T(2)}, "'loss_b__num_samples' has no value key 'loss_b'"),
+        (
+            {"loss_a": T(1.0), "loss_b" + NUM_SAMPLES_SUFFIX: T(2)},
+            "'loss_b__num_samples' has no value key 'loss_b'",
+        ),
         ({"loss_a": T([1.0, 2.0])}, "'loss_a' is a tensor of shape [2], not a scalar"),
         ({"loss_a": T(1.0), "note": "text"}, "'note' is a str"),
-        ({"loss_a": T(1.0), "loss_a" + NUM_SAMPLES_SUFFIX: T(-1)}, "Negative sample count 'loss_a__num_samples'"),
+        (
+            {"loss_a": T(1.0), "loss_a" + NUM_SAMPLES_SUFFIX: T(-1)},
+            "Negative sample count 'loss_a__num_samples'",
+        ),
     ],
 )
 def test_malformed_loss_dict_is_a_one_line_error_naming_key_and_iteration(loss_dict, message):
@@ -139,7 +146,10 @@ def test_malformed_loss_dict_is_a_one_line_error_naming_key_and_iteration(loss_d
 def test_a_key_must_always_or_never_carry_its_count():
     reducer = LossDictReducer()
     reducer.reduce({"loss_real": T(1.0), "loss_real" + NUM_SAMPLES_SUFFIX: T(2)}, 0.0, 0)
-    with pytest.raises(ValueError, match=r"iteration=1: rank 0: 'loss_real' must carry its count 'loss_real__num_samples'"):
+    with pytest.raises(
+        ValueError,
+        match=r"iteration=1: rank 0: 'loss_real' must carry its count 'loss_real__num_samples'",
+    ):
         reducer.reduce({"loss_real": T(1.0)}, 0.0, 1)
 
 
@@ -157,7 +167,7 @@ def test_numbers_odd_shapes_dtypes_and_grad_tensors_are_accepted():
     reducer = LossDictReducer()
     reducer.add(loss_dict, 0.0, 0)
     assert not reducer._pending[0].row.requires_grad  # a pending step keeps no autograd graph
-    (_, reduced), = reducer.flush()
+    ((_, reduced),) = reducer.flush()
     assert reduced["total_loss"] == pytest.approx(0.5 + 0.25 + 0.125 + 2.0 + 6.0)
     assert reduced["loss_counted"] == 1.0
 
@@ -184,7 +194,11 @@ def scripted_steps():
     count at step 5."""
     steps = []
     for step in range(6):
-        loss_dict = {"loss_ce": T(1.0 + step), "loss_real": T(0.5 * step), "loss_real" + NUM_SAMPLES_SUFFIX: T(2)}
+        loss_dict = {
+            "loss_ce": T(1.0 + step),
+            "loss_real": T(0.5 * step),
+            "loss_real" + NUM_SAMPLES_SUFFIX: T(2),
+        }
         if step >= 3:
             loss_dict["loss_synthetic"] = T(10.0 + step)
         if step == 4:
@@ -202,13 +216,22 @@ def test_deferred_mode_gives_the_per_step_values_without_any_host_transfer_per_s
     deferred = LossDictReducer({"loss_ce": 1.0, "loss_synthetic": 0.5})
     with monkeypatch.context() as patch:
         for name in ("item", "tolist", "cpu", "numpy", "__float__"):
-            patch.setattr(torch.Tensor, name, lambda *a, _name=name, **k: pytest.fail(f"add() called {_name}"))
+            patch.setattr(
+                torch.Tensor, name, lambda *a, _name=name, **k: pytest.fail(f"add() called {_name}")
+            )
         for loss_dict, data_time, iteration in scripted_steps():
             deferred.add(loss_dict, data_time, iteration)
     assert deferred.pending == 6
     assert deferred.flush() == expected
     assert deferred.pending == 0
-    assert [values.get("loss_synthetic") for _, values in expected] == [None, None, None, 13.0, 14.0, 15.0]
+    assert [values.get("loss_synthetic") for _, values in expected] == [
+        None,
+        None,
+        None,
+        13.0,
+        14.0,
+        15.0,
+    ]
     assert "loss_real" not in expected[5][1]
 
 
@@ -219,7 +242,10 @@ def test_deferred_nan_is_found_at_the_flush_naming_the_first_bad_iteration():
         reducer.add({"loss_ce": T(value)}, 0.0, 40 + step)
     with pytest.raises(NonFiniteLossError, match="iteration=42: loss_ce") as info:
         reducer.flush()
-    assert [(it, values["loss_ce"]) for it, values in info.value.reduced_before] == [(40, 0.0), (41, 1.0)]
+    assert [(it, values["loss_ce"]) for it, values in info.value.reduced_before] == [
+        (40, 0.0),
+        (41, 1.0),
+    ]
     assert reducer.pending == 0
 
 
@@ -292,8 +318,13 @@ def test_is_loss_term_rule():
 
 def test_backward_total_keeps_the_graph_and_follows_the_totals():
     leaf = torch.tensor(2.0, requires_grad=True)
-    loss_dict = {"loss_ce": leaf * 3, "loss_bbox": leaf, "k_log": leaf * 100,
-                 "loss_real": leaf * 50, "loss_real" + NUM_SAMPLES_SUFFIX: T(4)}
+    loss_dict = {
+        "loss_ce": leaf * 3,
+        "loss_bbox": leaf,
+        "k_log": leaf * 100,
+        "loss_real": leaf * 50,
+        "loss_real" + NUM_SAMPLES_SUFFIX: T(4),
+    }
     total = backward_total(loss_dict)
     total.backward()
     assert total.item() == 8.0 and leaf.grad.item() == 4.0

@@ -12,6 +12,7 @@ The script, per rank (values are multiplied by ``k = step + 1``; data_time is no
     rank 2: loss_ce 4.0, loss_relation_synthetic 1.5, loss_relation_real NaN over 0 samples
             (a mean over nothing), k_log_rank2_only 9.0 (no other rank has it), data_time 0.3
 """
+
 import collections
 
 import pytest
@@ -25,26 +26,47 @@ from events.storage import EventStorage
 NUM_STEPS = 5
 COUNT = NUM_SAMPLES_SUFFIX
 WATCHED_COLLECTIVES = (
-    "all_gather", "all_gather_object", "all_gather_into_tensor", "all_reduce", "reduce",
-    "gather", "gather_object", "broadcast", "broadcast_object_list", "barrier", "scatter",
+    "all_gather",
+    "all_gather_object",
+    "all_gather_into_tensor",
+    "all_reduce",
+    "reduce",
+    "gather",
+    "gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "scatter",
 )
 
 
 def scripted_loss_dict(rank, step):
-    k = step + 1
-    t = lambda value: torch.tensor(value * k)  # noqa: E731
+    def t(value):
+        return torch.tensor(value * (step + 1))
+
     if rank == 0:
-        loss_dict = {"loss_ce": t(1.0), "loss_relation_synthetic": t(0.5),
-                     "loss_relation_real": t(0.2), "loss_relation_real" + COUNT: torch.tensor(2)}
+        loss_dict = {
+            "loss_ce": t(1.0),
+            "loss_relation_synthetic": t(0.5),
+            "loss_relation_real": t(0.2),
+            "loss_relation_real" + COUNT: torch.tensor(2),
+        }
     elif rank == 1:
-        loss_dict = {"loss_ce": t(2.0),
-                     "loss_relation_real": t(0.6), "loss_relation_real" + COUNT: torch.tensor(6)}
+        loss_dict = {
+            "loss_ce": t(2.0),
+            "loss_relation_real": t(0.6),
+            "loss_relation_real" + COUNT: torch.tensor(6),
+        }
         if step >= 3:
             loss_dict["loss_new"] = t(3.0)
     else:
-        loss_dict = {"loss_ce": t(4.0), "loss_relation_synthetic": t(1.5),
-                     "loss_relation_real": torch.tensor(float("nan")),
-                     "loss_relation_real" + COUNT: torch.tensor(0), "k_log_rank2_only": t(9.0)}
+        loss_dict = {
+            "loss_ce": t(4.0),
+            "loss_relation_synthetic": t(1.5),
+            "loss_relation_real": torch.tensor(float("nan")),
+            "loss_relation_real" + COUNT: torch.tensor(0),
+            "k_log_rank2_only": t(9.0),
+        }
     return loss_dict
 
 
@@ -69,7 +91,9 @@ def expected_values(world_size, step):
         }
     if step >= 3:
         expected["loss_new"] = 3.0 * k
-    expected["total_loss"] = sum(v for name, v in expected.items() if name in ("loss_ce", "loss_relation_synthetic", "loss_new"))
+    expected["total_loss"] = sum(
+        v for name, v in expected.items() if name in ("loss_ce", "loss_relation_synthetic", "loss_new")
+    )
     expected["data_time"] = 0.7
     return expected
 
@@ -112,10 +136,13 @@ def _reduction_worker(rank, world_size):
     deferred = LossDictReducer()
     out["deferred_periods"], out["deferred_add_calls"], out["deferred_flush_calls"] = [], [], []
     for period in range(2):
-        _, add_calls = _calls_during(counts, lambda: [
-            deferred.add(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
-            for step in range(NUM_STEPS)
-        ])
+        _, add_calls = _calls_during(
+            counts,
+            lambda: [
+                deferred.add(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
+                for step in range(NUM_STEPS)
+            ],
+        )
         flushed, flush_calls = _calls_during(counts, deferred.flush)
         out["deferred_periods"].append(flushed)
         out["deferred_add_calls"].append(add_calls)
@@ -194,7 +221,10 @@ def test_deferred_mode_matches_per_step_with_one_collective_per_period(job):
         assert result["deferred_periods"] == [per_step, per_step]
         assert result["deferred_add_calls"] == [{}, {}]
         # The first period registers the keys; the second is one all_gather for 5 steps.
-        assert result["deferred_flush_calls"] == [{"all_gather": 2, "all_gather_object": 1}, {"all_gather": 1}]
+        assert result["deferred_flush_calls"] == [
+            {"all_gather": 2, "all_gather_object": 1},
+            {"all_gather": 1},
+        ]
 
 
 @pytest.mark.distributed
@@ -204,7 +234,12 @@ def test_non_finite_value_on_one_rank_raises_on_every_rank_and_training_goes_on(
     for result in results:
         first, nan, after = result["nan"]
         assert first == ("ok", pytest.approx(expected_values(world_size, 0)["loss_ce"]))
-        assert nan == ("raised", f"Loss became infinite or NaN at iteration=201: loss_ce (rank {last})", 201, ["loss_ce"])
+        assert nan == (
+            "raised",
+            f"Loss became infinite or NaN at iteration=201: loss_ce (rank {last})",
+            201,
+            ["loss_ce"],
+        )
         assert after == first
 
 
@@ -222,7 +257,9 @@ def test_deferred_nan_names_the_first_bad_iteration_on_every_rank(job):
     _, results = job
     for result in results:
         message, reduced_before = result["deferred_nan"]
-        assert message == "Loss became infinite or NaN at iteration=402: loss_relation_synthetic (rank 0)"
+        assert (
+            message == "Loss became infinite or NaN at iteration=402: loss_relation_synthetic (rank 0)"
+        )
         assert reduced_before == [400, 401]
 
 
