@@ -4,7 +4,6 @@ command-line failures users hit first (a config typo, an unwritable output direc
 line on stderr."""
 import json
 import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
