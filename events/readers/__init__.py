@@ -19,7 +19,7 @@ from .assemble import Collected, assemble_runs
 from .csv_metrics import collect_csv
 from .detect import FORMATS, sniff_format
 from .detectron2_log import collect_detectron2_log
-from .discover import LogFile, best_log_in, find_logs
+from .discover import LogFile, best_log_in, find_logs, log_label
 from .json_formats import JSON_FORMATS, collect_json, stepped_key
 from .json_lines import decode_json_lines
 from .parallel import can_parallelize, collect_json_parallel
@@ -39,6 +39,7 @@ __all__ = [
     "RunInfo",
     "SkippedLines",
     "LogFile",
+    "log_label",
     "FORMATS",
     "X_AXES",
 ]
@@ -114,7 +115,8 @@ def read_runs(path: Union[str, "os.PathLike[str]"], jobs: int = 1) -> List[LogTa
     Raises:
         LogReadError: the file is missing, unreadable, empty, or holds no training record.
     """
-    path = _resolve(os.fspath(path))
+    given = os.fspath(path)
+    path = _resolve(given)
     skipped = SkippedLines()
     if os.path.isdir(path):
         fmt, data = "tensorboard", b""
@@ -133,6 +135,8 @@ def read_runs(path: Union[str, "os.PathLike[str]"], jobs: int = 1) -> List[LogTa
     if not tables:
         detail = f"; {skipped.summary(path)}" if skipped.summary(path) else ""
         raise LogReadError(f"{path}: no training records found (read as {_FORMAT_NAMES[fmt]}){detail}")
+    for table in tables:
+        table.label = log_label(given)
     return tables
 
 

@@ -8,7 +8,8 @@ An event line is recognised by its content, not its logger name or prefix, so th
 
 Fields are ``name: value`` pairs; a value runs until the next ``name:`` (so ``1 day, 16:43:35``
 and uneven spacing read fine). ``eta`` becomes ``eta_seconds`` as in metrics.json; the line's
-timestamp gives the run's wall-clock axis.
+timestamp gives the run's wall-clock axis. Validation values a console line repeats from the
+previous line (the printer shows the latest ones at every period) are kept once, when they change.
 
 Evaluation results are read from detectron2's ``copypaste:`` lines (``Task: bbox``, a header
 ``AP,AP50,...``, the values) as ``bbox/AP``...; scene-graph tasks give ``SG/SGMeanRecall@20``...
@@ -18,10 +19,12 @@ iteration (or the last one, when training ended or restarted after it).
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from typing import Dict, Iterable, List, Optional
 
 from .assemble import Collected, RecordCollector
+from .keys import VAL, classify_key
 from .table import SkippedLines
 from .values import MISSING_TOKENS, clean_line, parse_number
 
@@ -66,6 +69,7 @@ class _Reader:
         self.pending_line = 0
         self.task = ""
         self.header: Optional[List[str]] = None
+        self.last_validation: Dict[str, float] = {}
 
     def flush_eval(self, step: Optional[float]) -> None:
         if self.pending_eval:
@@ -103,6 +107,7 @@ class _Reader:
         if step is None or not record:
             self.skipped.add_line(number, "event line without a readable iteration and values")
             return
+        self.drop_repeated_validation(record)
         moment = self.wall_time(line)
         if moment is not None:
             record["wall_time"] = moment
@@ -110,6 +115,17 @@ class _Reader:
         self.flush_eval(step if same_run else self.last_step)
         self.collector.add(step, record, number)
         self.last_step = step
+
+    def drop_repeated_validation(self, record: Dict[str, float]) -> None:
+        """A console line repeats the latest validation values until the next evaluation: keep
+        them only when they changed, so each evaluation is one validation record."""
+        shown = {name: value for name, value in record.items() if classify_key(name)[0] == VAL}
+        if not shown:
+            return
+        if _same_values(shown, self.last_validation):
+            for name in shown:
+                del record[name]
+        self.last_validation = shown
 
     def copypaste(self, number: int, line: str) -> None:
         payload = line.split(_COPYPASTE, 1)[1].strip()
@@ -132,6 +148,12 @@ class _Reader:
         self.flush_eval(self.last_step)
         self.collector.declare_start(start_iteration)
         self.last_step = None
+        self.last_validation = {}
+
+
+def _same_values(a: Dict[str, float], b: Dict[str, float]) -> bool:
+    """Equal dicts of floats, NaN equal to NaN."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 def collect_detectron2_log(lines: Iterable[str], skipped: SkippedLines) -> Collected:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-__all__ = ["LogFile", "find_logs", "best_log_in", "LOG_PATTERNS"]
+__all__ = ["LogFile", "find_logs", "best_log_in", "log_label", "LOG_PATTERNS"]
 
 # Preference order inside one folder: metrics.json keeps full precision and every key;
 # log.txt holds window medians rounded to 4 digits.
@@ -20,6 +20,7 @@ LOG_PATTERNS = (
     "*.csv",
     "events.out.tfevents.*",
 )
+_STANDARD_NAMES = ("metrics.json", "log.txt", "scalars.json", "training_metrics.jsonl")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", "wandb", "training_plots"}
 
 
@@ -65,3 +66,15 @@ def find_logs(root: str, max_depth: int = 4) -> List[LogFile]:
             found.append(LogFile(path, folder, stat.st_mtime, stat.st_size))
     found.sort(key=lambda log: log.modified, reverse=True)
     return found
+
+
+def log_label(path: str) -> str:
+    """A short name for legends: the run folder of a standard log name or of a folder
+    (outputs/exp1/metrics.json -> exp1), else the file name without extension."""
+    absolute = os.path.abspath(path)
+    if os.path.isdir(absolute):
+        return os.path.basename(absolute.rstrip(os.sep)) or absolute
+    name = os.path.basename(absolute)
+    if name in _STANDARD_NAMES or name.startswith("events.out.tfevents."):
+        return os.path.basename(os.path.dirname(absolute)) or name
+    return os.path.splitext(name)[0]

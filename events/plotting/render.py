@@ -1,0 +1,96 @@
+"""Building and saving planned figures, one process or several.
+
+Saving a 300 DPI PNG is the expensive part of replotting (rasterising millions of pixels), so
+the command-line tool renders figures in forked worker processes, which share the parsed tables
+without copying them. Library callers (the trainer) render in-process: forking a process that
+runs CUDA or threads is unsafe.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from contextlib import ExitStack
+from typing import Any, Callable, Dict, List, Sequence
+
+from events.readers.table import LogTable
+
+from .figures import FigureSpec, PlotOptions
+from .style import base_rc, font_settings, matplotlib_figure, save_figure
+
+__all__ = ["render_figures", "figure_context", "default_jobs", "FIGURE_FORMATS"]
+
+_LOGGER = logging.getLogger(__name__)
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+# Set in the parent just before forking, read by the workers (fork shares it copy-on-write).
+_JOB: Dict[str, Any] = {}
+
+
+class figure_context:
+    """rcParams for our figures (and a CJK font when labels need one), restored on exit.
+
+    ``note`` says when labels hold CJK characters and no CJK font is installed.
+    """
+
+    def __init__(self, tables: Sequence[LogTable], options: PlotOptions) -> None:
+        texts = [options.title] + [n for t in tables for n in list(t.train) + list(t.val)] + [t.label for t in tables]
+        fonts, self.note = font_settings(texts)
+        self._rc = {**base_rc(), **fonts}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "figure_context":
+        import matplotlib
+
+        self._stack.enter_context(matplotlib.rc_context(self._rc))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def _render_one(spec: FigureSpec, out_dir: str, options: PlotOptions) -> str:
+    figure = spec.build()
+    path = os.path.join(out_dir, f"{spec.name}.{options.fmt}")
+    return save_figure(figure, path, options.dpi, options.fmt)
+
+
+def _render_index(index: int) -> str:
+    with _JOB["context"]:
+        return _render_one(_JOB["specs"][index], _JOB["out_dir"], _JOB["options"])
+
+
+def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_dir: str, options: PlotOptions,
+                   jobs: int = 1, notify: Callable[[str], None] = _LOGGER.warning) -> List[str]:
+    """Build and save every figure of ``specs`` into ``out_dir``; returns the paths written.
+
+    ``jobs`` > 1 renders in that many forked processes where fork exists (Linux, macOS).
+    ``notify`` receives the note about missing CJK fonts, if any.
+    """
+    if options.fmt not in FIGURE_FORMATS:
+        raise ValueError(f"unknown figure format {options.fmt!r}; use one of {', '.join(FIGURE_FORMATS)}")
+    os.makedirs(out_dir, exist_ok=True)
+    context = figure_context(tables, options)
+    if context.note:
+        notify(context.note)
+    jobs = min(jobs, len(specs))
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        matplotlib_figure()  # import matplotlib once in the parent: the forked workers share it
+        _JOB.update(specs=list(specs), out_dir=out_dir, options=options, context=context)
+        try:
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                return pool.map(_render_index, range(len(specs)), chunksize=1)
+        finally:
+            _JOB.clear()
+    with context:
+        return [_render_one(spec, out_dir, options) for spec in specs]
+
+
+def default_jobs() -> int:
+    """Worker processes the command-line tool uses: one per available CPU, at most 4."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        available = os.cpu_count() or 1
+    return max(1, min(4, available))

@@ -1,0 +1,326 @@
+"""The numbers behind the curves: per-key statistics, convergence, spikes, slope, overfitting,
+best validation metric; printed, and saved as summary.csv and summary.md.
+
+Definitions (all on finite points; NaN/inf are counted in ``non_finite``):
+
+* ``change`` = final - initial; ``change_pct`` = 100 * change / |initial|.
+* last window = the last ``max(5, 10%)`` points; ``last_window_cv`` = std / |mean| there;
+  ``converged`` when it is below 5% (None with fewer than 10 points).
+* spikes: points farther than ``k`` = 8 MADs from the running median of 9 points (MAD of the
+  residuals per window of 5% of the points, at least 25, and at least 5% of the local level).
+* ``slope``: least-squares slope of the smoothed curve over the last window, per step.
+* validation keys: ``best`` is the max (min for names with loss/error) and ``best_step`` its step.
+* overfitting: over the second half of the evaluations (>= 3 points), the validation loss trends
+  up while the smoothed train loss trends down.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from events.readers.table import LogTable, Series
+
+from .families import TOTAL_LOSS_NAMES
+from .smoothing import SmoothSpec, smooth
+
+__all__ = ["KeySummary", "OverfitCheck", "RunSummary", "summarize", "write_summary", "format_summary", "count_spikes"]
+
+CONVERGED_CV = 0.05
+SPIKE_MADS = 8.0
+MAD_FLOOR = 0.05  # of the local level: a smooth curve's wiggles and steps are not spikes
+_CSV_COLUMNS = (
+    "run", "split", "key", "points", "non_finite", "initial", "final", "min", "max", "mean", "std", "change",
+    "change_pct", "last_window_cv", "converged", "spikes", "first_spike_step", "slope", "best", "best_step",
+)
+_TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
+# Validation metrics worth a headline line: the main AP / mAP, recalls, the validation loss.
+_HEADLINE_METRIC = re.compile(r"(?:^|/)(?:AP|mAP|bbox_mAP|segm_mAP|SGMeanRecall@\d+|SGRecall@\d+|mIoU|PQ|total_loss|loss)$")
+
+
+@dataclass
+class KeySummary:
+    """Statistics of one series (see the module docstring)."""
+
+    split: str
+    key: str
+    points: int
+    non_finite: int
+    initial: float
+    final: float
+    min: float
+    max: float
+    mean: float
+    std: float
+    change: float
+    change_pct: float
+    last_window_cv: float
+    converged: Optional[bool]
+    spikes: int
+    first_spike_step: Optional[float]
+    slope: float
+    best: Optional[float] = None
+    best_step: Optional[float] = None
+
+
+@dataclass
+class OverfitCheck:
+    """Whether validation loss ``key`` rose while train loss fell since ``since_step``."""
+
+    key: str
+    overfitting: bool
+    since_step: float
+    val_change_pct: float
+    train_change_pct: float
+    last_gap: float
+
+
+@dataclass
+class RunSummary:
+    """Everything summarised about one run of one log."""
+
+    label: str
+    source: str
+    format: str
+    run_number: int
+    runs_in_file: int
+    step_unit: str
+    last_step: float
+    eval_records: int
+    keys: List[KeySummary] = field(default_factory=list)
+    overfit: Optional[OverfitCheck] = None
+    skipped: Optional[str] = None
+
+
+def rolling_median(values: np.ndarray, window: int = 9) -> np.ndarray:
+    """``[n]`` centred running median over ``window`` points (edges repeat the end values)."""
+    half = window // 2
+    windows = sliding_window_view(np.pad(values, (half, half), mode="edge"), window)
+    return np.partition(windows, half, axis=1)[:, half]
+
+
+def count_spikes(values: np.ndarray, k: float = SPIKE_MADS) -> Tuple[np.ndarray, int]:
+    """``(spike mask [n], count)`` of finite ``values``: points farther than ``k`` MADs from the
+    running median of 9 points. The MAD of the residuals is taken per window of 5% of the points
+    (at least 25) and is at least 5% of the local level, so trends and smooth wiggles are no spikes."""
+    n = len(values)
+    if n < 10:
+        return np.zeros(n, dtype=bool), 0
+    level = rolling_median(values)
+    residual = values - level
+    size = max(25, n // 20)
+    blocks = math.ceil(n / size)
+    pad = blocks * size - n
+    padded = np.concatenate([np.abs(residual), np.full(pad, np.nan)]).reshape(blocks, size)
+    scale = np.repeat(np.nanmedian(padded, axis=1), size)[:n]
+    scale = np.maximum(scale, MAD_FLOOR * np.abs(level))
+    mask = (np.abs(residual) > k * scale) & (scale > 0)
+    return mask, int(mask.sum())
+
+
+def _lower_is_better(name: str) -> bool:
+    lowered = name.lower()
+    return "loss" in lowered or "error" in lowered or lowered.endswith("_err")
+
+
+def _slope(steps: np.ndarray, values: np.ndarray) -> float:
+    finite = np.isfinite(values)
+    if finite.sum() < 2 or np.ptp(steps[finite]) == 0:
+        return math.nan
+    return float(np.polyfit(steps[finite], values[finite], 1)[0])
+
+
+def _key_summary(split: str, name: str, series: Series, spec: SmoothSpec) -> Optional[KeySummary]:
+    values = series.values
+    finite = np.isfinite(values)
+    y, steps = values[finite], series.steps[finite]
+    if len(y) == 0:
+        return None
+    initial, final = float(y[0]), float(y[-1])
+    change = final - initial
+    window = max(5, math.ceil(0.1 * len(y)))
+    tail = y[-window:]
+    mean_tail = float(np.mean(tail))
+    cv = float(np.std(tail) / abs(mean_tail)) if mean_tail != 0 else math.nan
+    converged = bool(cv < CONVERGED_CV) if len(y) >= 10 and math.isfinite(cv) else None
+    spike_mask, spikes = count_spikes(y)
+    smoothed = smooth(y, spec)
+    summary = KeySummary(
+        split=split,
+        key=name,
+        points=int(len(values)),
+        non_finite=int((~finite).sum()),
+        initial=initial,
+        final=final,
+        min=float(y.min()),
+        max=float(y.max()),
+        mean=float(y.mean()),
+        std=float(y.std()),
+        change=change,
+        change_pct=100.0 * change / abs(initial) if initial != 0 else math.nan,
+        last_window_cv=cv,
+        converged=converged,
+        spikes=spikes,
+        first_spike_step=float(steps[spike_mask][0]) if spikes else None,
+        slope=_slope(steps[-window:], smoothed[-window:]),
+    )
+    if split == "val":
+        best = int(np.argmin(y) if _lower_is_better(name) else np.argmax(y))
+        summary.best, summary.best_step = float(y[best]), float(steps[best])
+    return summary
+
+
+def _overfit_check(table: LogTable, spec: SmoothSpec) -> Optional[OverfitCheck]:
+    common = [n for n in table.train if n in table.val and "loss" in n]
+    name = next((n for n in TOTAL_LOSS_NAMES if n in common), common[0] if common else None)
+    if name is None:
+        return None
+    train, val = table.train[name], table.val[name]
+    val_finite = np.isfinite(val.values)
+    val_steps, val_values = val.steps[val_finite], val.values[val_finite]
+    if len(val_values) < 3:
+        return None
+    half = max(3, len(val_values) // 2)
+    since = float(val_steps[-half])
+    val_steps, val_values = val_steps[-half:], val_values[-half:]
+    train_smoothed = smooth(train.values, spec)
+    train_finite = np.isfinite(train_smoothed)
+    in_range = train_finite & (train.steps >= since) & (train.steps <= val_steps[-1])
+    if in_range.sum() < 2:
+        return None
+    train_steps, train_values = train.steps[in_range], train_smoothed[in_range]
+    rising = _slope(val_steps, val_values) > 0 and val_values[-1] > val_values[0]
+    falling = _slope(train_steps, train_values) < 0
+    last_train = float(np.interp(val_steps[-1], train.steps[train_finite], train_smoothed[train_finite]))
+    return OverfitCheck(
+        key=name,
+        overfitting=bool(rising and falling),
+        since_step=since,
+        val_change_pct=100.0 * (val_values[-1] - val_values[0]) / abs(val_values[0]) if val_values[0] else math.nan,
+        train_change_pct=100.0 * (train_values[-1] - train_values[0]) / abs(train_values[0]) if train_values[0] else math.nan,
+        last_gap=float(val_values[-1] - last_train),
+    )
+
+
+def summarize(table: LogTable, spec: SmoothSpec = SmoothSpec()) -> RunSummary:
+    """Statistics of every train and validation series of ``table`` (module docstring)."""
+    run = table.run
+    summary = RunSummary(
+        label=table.label or os.path.basename(table.source),
+        source=table.source,
+        format=table.format,
+        run_number=run.number if run else 1,
+        runs_in_file=len(table.runs),
+        step_unit=table.step_unit,
+        last_step=run.last_step if run else math.nan,
+        eval_records=table.eval_records,
+        skipped=table.skipped.summary(table.source),
+    )
+    for split, group in (("train", table.train), ("val", table.val)):
+        for name, series in group.items():
+            key_summary = _key_summary(split, name, series, spec)
+            if key_summary is not None:
+                summary.keys.append(key_summary)
+    summary.overfit = _overfit_check(table, spec)
+    return summary
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _fixed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
+
+
+def _rows(summaries: Sequence[RunSummary]) -> List[Dict[str, str]]:
+    rows = []
+    for run in summaries:
+        for key in run.keys:
+            row = {"run": run.label, **asdict(key)}
+            rows.append({column: _cell(row[column]) for column in _CSV_COLUMNS})
+    return rows
+
+
+def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> List[str]:
+    lines = [
+        f"{run.label}: {run.format}, run {run.run_number} of {run.runs_in_file}, last {run.step_unit} "
+        f"{run.last_step:g}, {run.eval_records} evaluation record(s)",
+    ]
+    if run.overfit:
+        o = run.overfit
+        verdict = "OVERFITTING" if o.overfitting else "no overfitting"
+        lines.append(
+            f"{verdict}: since {run.step_unit} {o.since_step:g} validation {o.key} changed {o.val_change_pct:+.1f}% "
+            f"while train changed {o.train_change_pct:+.1f}%; last gap (val - train) {o.last_gap:.4g}"
+        )
+    best = [key for key in run.keys if key.split == "val" and key.best is not None]
+    headline = [key for key in best if _HEADLINE_METRIC.search(key.key)] or best
+    for key in headline[:max_best]:
+        lines.append(f"best validation {key.key}: {key.best:.4g} at {run.step_unit} {key.best_step:g}")
+    if len(best) > max_best:
+        lines.append(f"best of {len(best)} validation metrics: see the best / best_step columns")
+    if run.skipped and with_skipped:
+        lines.append(run.skipped)
+    return lines
+
+
+
+
+def _markdown_table(keys: Sequence[KeySummary]) -> List[str]:
+    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "---|" * len(_TABLE_COLUMNS)]
+    for key in keys:
+        lines.append("| " + " | ".join(_cell(getattr(key, column)) for column in _TABLE_COLUMNS) + " |")
+    return lines
+
+
+def write_summary(summaries: Sequence[RunSummary], out_dir: str) -> Tuple[str, str]:
+    """Write ``summary.csv`` (every statistic, one row per run and key) and ``summary.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, "summary.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_rows(summaries))
+    md_path = os.path.join(out_dir, "summary.md")
+    lines = ["# Training log summary", ""]
+    for run in summaries:
+        lines += [f"## {run.label}", "", f"Source: `{run.source}`", ""]
+        lines += [f"- {line}" for line in _headline(run, max_best=len(run.keys))] + [""]
+        lines += _markdown_table(run.keys) + [""]
+    with open(md_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    return csv_path, md_path
+
+
+def format_summary(run: RunSummary, max_rows: int = 30) -> str:
+    """The console version: headline lines, then a fixed-width table of the losses and
+    validation metrics (all keys when there are few). Skipped lines are left to the caller, who
+    reports them once per file."""
+    keys = run.keys
+    if len(keys) > max_rows:
+        keys = [k for k in keys if k.split == "val" or "loss" in k.key][:max_rows]
+    names = [("val:" if k.split == "val" else "") + k.key for k in keys]
+    width = max([len(name) for name in names] + [3])
+    lines = _headline(run, with_skipped=False)
+    lines.append(f"  {'key':<{width}}  {'final':>10} {'min':>10} {'change%':>8} {'CV':>7} {'conv':>4} {'spikes':>6}")
+    for name, k in zip(names, keys):
+        lines.append(
+            f"  {name:<{width}}  {_cell(k.final):>10} {_cell(k.min):>10} {_fixed(k.change_pct, 1):>8} "
+            f"{_fixed(k.last_window_cv, 3):>7} {_cell(k.converged):>4} {k.spikes:>6}"
+        )
+    if len(keys) < len(run.keys):
+        lines.append(f"  ... {len(run.keys) - len(keys)} more keys in summary.md / summary.csv")
+    return "\n".join(lines)
