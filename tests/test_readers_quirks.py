@@ -312,3 +312,20 @@ def test_parallel_decoding_gives_the_same_table(monkeypatch):
         for name in a.train:
             assert a.train[name].steps.tolist() == b.train[name].steps.tolist()
             assert a.train[name].values.tobytes() == b.train[name].values.tobytes()
+
+
+def test_standard_library_json_decodes_the_same_as_orjson(monkeypatch):
+    import os
+
+    from events.readers import json_lines
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "real-logs", "d2-metrics__BUAAZhangHaonan__mgm_mask2former.json")
+    fast = read_runs(path)
+    monkeypatch.setattr(json_lines, "fast_loads", json.loads)
+    monkeypatch.setattr(json_lines, "_FAST_ERRORS", (ValueError,))
+    slow = read_runs(path)
+    assert [t.run for t in slow] == [t.run for t in fast]
+    for a, b in zip(fast, slow):
+        assert a.train.keys() == b.train.keys() and a.val.keys() == b.val.keys()
+        assert all(a.train[k].values.tobytes() == b.train[k].values.tobytes() for k in a.train)
+        assert all(a.val[k].values.tobytes() == b.val[k].values.tobytes() for k in a.val)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", nargs="?", const="outputs", metavar="DIR", help="list the logs under DIR (default: outputs) and exit")
     parser.add_argument("--latest", nargs="?", const="outputs", metavar="DIR", help="replot the most recently written log under DIR (default: outputs)")
     parser.add_argument("--quick", action="store_true", help="only the overview and train-vs-validation figures")
-    parser.add_argument("--jobs", type=int, default=0, help="figure-rendering processes (default: one per CPU, at most 4)")
+    parser.add_argument("--jobs", type=int, default=0, help="processes for decoding big logs and rendering figures (default: one per idle CPU, at most 4)")
     return parser
 
 

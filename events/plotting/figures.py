@@ -132,7 +132,7 @@ def _loss_axis(ax: Any, options: PlotOptions) -> None:
 
 def _finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str) -> Any:
     """Title the figure and put the x label under ``bottoms`` (the lowest panel of each column)."""
-    label = tables[0].label or tables[0].source if len(tables) == 1 else f"{len(tables)} runs"
+    label = _short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
     head = f"{options.title} — " if options.title else ""
     figure.suptitle(f"{head}{what} — {label}", fontsize=10)
     for ax in bottoms:
@@ -210,7 +210,7 @@ def _group_keys(names: Sequence[str]) -> _Groups:
                 splits[p.base][p.split] = name
             continue
         base = p.base + ("_unscaled" if p.unscaled else "")
-        if "loss" in p.base.split("_") or p.base.startswith("loss"):
+        if "loss" in p.base:  # loss_ce, s0.loss_cls (mmdet cascade stages), decode.loss_seg
             families[loss_family(p.base)][base].append(p)
         else:
             others[base].append(p)
@@ -251,13 +251,13 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
                 else:
                     _curve(ax, table, series, options, color=color, label=label, band=single and position == 0,
                            style="-" if position == 0 or single else "--")
-        ax.set_title(title)
+        ax.set_title(f"{title} ({options.smooth.describe()})" if title == "total loss" else title)
         if title == "total loss":
             _loss_axis(ax, options)
         if title == "learning rate":
             _log_if_wide(ax, tables)
         _axis_legend(ax)
-    return _finish(figure, flat[-1:], tables, options, f"overview ({options.smooth.describe()})")
+    return _finish(figure, flat[-1:], tables, options, "overview")
 
 
 def _log_if_wide(ax: Any, tables: Sequence[LogTable]) -> None:
@@ -325,14 +325,33 @@ def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[
     return _finish(figure, bottoms, tables, options, "real vs synthetic")
 
 
-def _validation_panels(names: Sequence[str]) -> List[Tuple[str, List[str]]]:
-    """Validation metrics grouped by task (``bbox/AP`` -> ``bbox``), at most 6 per panel."""
+def _magnitude(tables: Sequence[LogTable], name: str) -> float:
+    """log10 of the typical size of validation metric ``name`` (0 when it is all zeros/NaN)."""
+    values = np.concatenate([t.val[name].values for t in tables if name in t.val])
+    finite = np.abs(values[np.isfinite(values)])
+    level = float(np.median(finite)) if len(finite) else 0.0
+    return math.log10(level) if level > 0 else 0.0
+
+
+def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """Validation metrics grouped by task (``bbox/AP`` -> ``bbox``); a panel holds at most 6, of
+    magnitudes within a factor of ~30 of each other (AP in % and recall in [0, 1] do not share)."""
     tasks: Dict[str, List[str]] = defaultdict(list)
     for name in names:
         tasks[name.rsplit("/", 1)[0] if "/" in name else "metrics"].append(name)
     panels = []
     for task, members in tasks.items():
-        for number, chunk in enumerate(_chunks(members, _SERIES_PER_PANEL)):
+        chunks: List[List[str]] = []
+        scale: List[float] = []
+        for name in members:
+            magnitude = _magnitude(tables, name)
+            home = next((i for i, chunk in enumerate(chunks) if len(chunk) < _SERIES_PER_PANEL and abs(scale[i] - magnitude) <= 1.5), None)
+            if home is None:
+                chunks.append([name])
+                scale.append(magnitude)
+            else:
+                chunks[home].append(name)
+        for number, chunk in enumerate(chunks):
             panels.append((task if number == 0 else f"{task} ({number + 1})", chunk))
     return panels
 
@@ -443,7 +462,7 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
                and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
     if metrics:
-        panels = _validation_panels(metrics)
+        panels = _validation_panels(tables, metrics)
         specs.append(FigureSpec("validation", lambda: validation_figure(tables, options, panels)))
     if any(_main_train_loss(t) for t in tables):
         specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options)))

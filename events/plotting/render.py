@@ -88,9 +88,15 @@ def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_
 
 
 def default_jobs() -> int:
-    """Worker processes the command-line tool uses: one per available CPU, at most 4."""
+    """Processes the command-line tool uses: one per idle CPU (CPUs minus the 1-minute load
+    average), at least 1, at most 4. On a busy machine extra processes only add fork and
+    transfer costs."""
     try:
-        available = len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
-        available = os.cpu_count() or 1
-    return max(1, min(4, available))
+        cpus = os.cpu_count() or 1
+    try:
+        idle = cpus - os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        idle = cpus
+    return max(1, min(4, int(idle + 0.5)))

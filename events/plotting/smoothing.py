@@ -29,7 +29,7 @@ class SmoothSpec:
             return "no smoothing"
         if self.kind == "ema":
             return f"debiased EMA {self.weight:g}"
-        return f"rolling mean of {self.window}" if self.window else "rolling mean of ~2% of the points"
+        return f"rolling mean of {self.window}" if self.window else "rolling mean of 2% of the points"
 
 
 def parse_smooth(text: str) -> SmoothSpec:
