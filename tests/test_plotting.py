@@ -224,6 +224,7 @@ def test_train_val_figure_without_validation_says_so():
     assert "no validation loss logged" in figure.axes[0].get_title()
 
 
+@pytest.mark.slow
 def test_render_all_figures_as_png(tmp_path):
     table = relation_table()
     options = PlotOptions(dpi=40)

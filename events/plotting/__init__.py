@@ -19,7 +19,8 @@ from typing import Union
 
 from events.readers import LogTable, read_log
 
-from .figures import FigureSpec, PlotOptions, filter_keys, plan_figures, train_val_figure
+from .figures import filter_keys, plan_figures, train_val_figure
+from .options import FigureSpec, PlotOptions
 from .render import FIGURE_FORMATS, render_figures
 from .smoothing import SmoothSpec, parse_smooth
 from .style import PlottingUnavailable

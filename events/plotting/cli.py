@@ -15,7 +15,8 @@ from typing import List, Optional, Sequence
 from events.readers import LogReadError, LogTable, find_logs, log_label, read_runs, select_run, sniff_format
 from events.readers.table import X_AXES
 
-from .figures import PlotOptions, filter_keys, plan_figures
+from .figures import filter_keys, plan_figures
+from .options import PlotOptions
 from .render import FIGURE_FORMATS, default_jobs, render_figures
 from .smoothing import parse_smooth
 from .style import PlottingUnavailable

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["KeyParts", "parse_keys", "loss_family", "TOTAL_LOSS_NAMES", "OVERVIEW_NAMES", "SPLITS"]
+__all__ = ["KeyParts", "KeyGroups", "parse_keys", "group_keys", "loss_family", "layer_order", "TOTAL_LOSS_NAMES", "OVERVIEW_NAMES", "SPLITS"]
 
 SPLITS = ("real", "synthetic")
 _SPLIT_ALIASES = {"real": "real", "synthetic": "synthetic", "synth": "synthetic", "syn": "synthetic"}
@@ -89,3 +89,41 @@ def loss_family(base: str) -> str:
 def layer_order(parts: List[KeyParts]) -> List[KeyParts]:
     """Aux layers first (0, 1, ...), the final layer last, so it is drawn on top."""
     return sorted(parts, key=lambda p: (p.layer is None, p.layer if p.layer is not None else 0))
+
+
+@dataclass
+class KeyGroups:
+    """Training keys sorted into figures: the totals (overview), loss families
+    (family -> base -> layers), other bases, and bases logged for both real and synthetic."""
+
+    total: List[str]
+    loss_families: Dict[str, Dict[str, List[KeyParts]]]
+    other_bases: Dict[str, List[KeyParts]]
+    split_bases: Dict[str, Dict[str, str]]
+
+
+def group_keys(names: Sequence[str]) -> KeyGroups:
+    """Sort training key names for the figures (see ``KeyGroups``)."""
+    parts = parse_keys(names)
+    present = set(names)
+    total = [n for n in TOTAL_LOSS_NAMES if n in present]
+    families: Dict[str, Dict[str, List[KeyParts]]] = defaultdict(lambda: defaultdict(list))
+    others: Dict[str, List[KeyParts]] = defaultdict(list)
+    splits: Dict[str, Dict[str, str]] = defaultdict(dict)
+    for name in names:
+        p = parts[name]
+        if name in TOTAL_LOSS_NAMES or name in OVERVIEW_NAMES:
+            continue
+        if p.unscaled and p.key[: -len("_unscaled")] in present:
+            continue  # DETR's unscaled copy of a logged loss: same curve, another scale
+        if p.split in SPLITS:
+            if p.layer is None:
+                splits[p.base][p.split] = name
+            continue
+        base = p.base + ("_unscaled" if p.unscaled else "")
+        if "loss" in p.base:  # loss_ce, s0.loss_cls (mmdet cascade stages), decode.loss_seg
+            families[loss_family(p.base)][base].append(p)
+        else:
+            others[base].append(p)
+    splits = {b: s for b, s in splits.items() if len(s) == len(SPLITS)}
+    return KeyGroups(total, families, others, splits)

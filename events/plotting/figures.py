@@ -8,46 +8,23 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from events.readers.table import LogTable, Series
 
-from .families import OVERVIEW_NAMES, SPLITS, TOTAL_LOSS_NAMES, KeyParts, layer_order, loss_family, parse_keys
-from .smoothing import SmoothSpec, envelope, smooth, thin
-from .style import RUN_COLORS, matplotlib_figure
+from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis, outside_legend, panel_grid, points,
+                      run_color, run_label)
+from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
+from .options import FigureSpec, PlotOptions
+from .smoothing import smooth
+from .style import RUN_COLORS
 
-__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "filter_keys"]
+__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys"]
 
 _PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
-_PANEL_SIZE = (3.6, 2.4)  # inches; at 300 DPI a panel is ~1080 x 720 pixels
-_MAX_MARKERS = 60
-
-
-@dataclass(frozen=True)
-class PlotOptions:
-    """What every figure shares: x axis (iter/epoch/time), smoothing, log y for losses, title
-    prefix, output dpi and format, and how many points a curve may keep (longer ones are binned
-    into a min/max band plus a thinned smoothed line)."""
-
-    x: str = "iter"
-    smooth: SmoothSpec = field(default_factory=SmoothSpec)
-    log_scale: bool = False
-    title: str = ""
-    dpi: int = 300
-    fmt: str = "png"
-    max_points: int = 2000
-
-
-@dataclass
-class FigureSpec:
-    """A figure to make: its file stem and a function building it."""
-
-    name: str
-    build: Callable[[], Any]
 
 
 def filter_keys(tables: Sequence[LogTable], patterns: Sequence[str]) -> List[LogTable]:
@@ -65,164 +42,8 @@ def filter_keys(tables: Sequence[LogTable], patterns: Sequence[str]) -> List[Log
     return out
 
 
-# ----------------------------------------------------------------------------- drawing helpers
-
-
-def _grid(rows: int, cols: int, extra_width: float = 1.3, height: Optional[float] = None) -> Tuple[Any, np.ndarray]:
-    """A figure of ``rows x cols`` panels, laid out by matplotlib's constrained layout (no overlaps)."""
-    Figure = matplotlib_figure()
-    width = cols * _PANEL_SIZE[0] + extra_width
-    figure = Figure(figsize=(width, height or rows * _PANEL_SIZE[1] + 0.5), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).reshape(rows, cols)
-    return figure, axes
-
-
-def _panel_grid(count: int) -> Tuple[Any, List[Any], List[Any]]:
-    """``count`` panels in rows of 3: the figure, the panels, and the lowest panel of each column
-    (which carries the x label)."""
-    cols = min(3, count)
-    rows = math.ceil(count / cols)
-    figure, axes = _grid(rows, cols)
-    flat = list(axes.flat)
-    for unused in flat[count:]:
-        unused.set_visible(False)
-    bottoms = []
-    for column in range(cols):
-        lowest = max(row for row in range(rows) if row * cols + column < count)
-        bottoms.append(axes[lowest, column])
-    return figure, flat[:count], bottoms
-
-
-def _curve(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, color: Any, label: Optional[str],
-           band: bool = False, width: float = 1.1, style: str = "-", smooth_it: bool = True) -> None:
-    """Draw ``series``: a light min/max band of the raw points (if ``band``) under the smoothed line."""
-    if len(series) == 0:
-        return
-    x = table.x_of(series, options.x)
-    y = series.values
-    if band and len(y) > options.max_points:
-        x_mid, low, high = envelope(x, y, options.max_points)
-        ax.fill_between(x_mid, low, high, color=color, alpha=0.18, linewidth=0)
-    elif band and len(y) > 1:
-        ax.plot(x, y, color=color, alpha=0.3, linewidth=0.6)
-    shown = smooth(y, options.smooth) if smooth_it else y
-    xt, yt = thin(x, shown, options.max_points)
-    ax.plot(xt, yt, style, color=color, label=_short(label), linewidth=width)
-
-
-def _short(label: Optional[str], limit: int = 36) -> Optional[str]:
-    """A legend entry cut in the middle when long, so legends do not squeeze the panels."""
-    if label is None or len(label) <= limit:
-        return label
-    keep = (limit - 1) // 2
-    return f"{label[:keep]}…{label[-keep:]}"
-
-
-def _points(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, color: Any, label: Optional[str], style: str = "-") -> None:
-    """Draw a short series (validation) as markers joined by lines, unsmoothed."""
-    x = table.x_of(series, options.x)
-    marker = "o" if len(series) <= _MAX_MARKERS else None  # hundreds of markers hide the line
-    ax.plot(x, series.values, style, marker=marker, markersize=3, color=color, label=_short(label), linewidth=1.0)
-
-
-def _loss_axis(ax: Any, options: PlotOptions) -> None:
-    if options.log_scale:
-        ax.set_yscale("log")
-
-
-def _finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str) -> Any:
-    """Title the figure and put the x label under ``bottoms`` (the lowest panel of each column)."""
-    label = _short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
-    head = f"{options.title} — " if options.title else ""
-    figure.suptitle(f"{head}{what} — {label}", fontsize=10)
-    for ax in bottoms:
-        ax.set_xlabel(tables[0].x_label(options.x))
-    for ax in figure.axes:
-        _thousands(ax)
-    return figure
-
-
-def _thousands(ax: Any) -> None:
-    """Iteration ticks as 20k, 40k... instead of a 1e5 offset."""
-    from matplotlib.ticker import FuncFormatter
-
-    if max(abs(v) for v in ax.get_xlim()) >= 10_000:
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value else "0"))
-
-
-def _outside_legend(figure: Any, axes: Sequence[Any]) -> None:
-    """One legend for the figure, outside the panels (right), de-duplicated by label."""
-    handles: Dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if handles:
-        figure.legend(list(handles.values()), list(handles), loc="outside right upper")
-
-
-def _axis_legend(ax: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-
-
-def _layer_colors(count: int) -> List[Any]:
-    """``count`` aux-layer colours from light (early layers) to dark (late layers)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return [cmap(0.85 - 0.75 * i / max(1, count - 1)) for i in range(count)]
-
-
-def _run_color(index: int) -> str:
-    return RUN_COLORS[index % len(RUN_COLORS)]
-
-
-def _run_label(table: LogTable, index: int) -> str:
-    return table.label or f"run {index + 1}"
-
-
-# ----------------------------------------------------------------------------- key grouping
-
-
-@dataclass
-class _Groups:
-    total: List[str]
-    loss_families: Dict[str, Dict[str, List[KeyParts]]]
-    other_bases: Dict[str, List[KeyParts]]
-    split_bases: Dict[str, Dict[str, str]]
-
-
-def _group_keys(names: Sequence[str]) -> _Groups:
-    parts = parse_keys(names)
-    present = set(names)
-    total = [n for n in TOTAL_LOSS_NAMES if n in present]
-    families: Dict[str, Dict[str, List[KeyParts]]] = defaultdict(lambda: defaultdict(list))
-    others: Dict[str, List[KeyParts]] = defaultdict(list)
-    splits: Dict[str, Dict[str, str]] = defaultdict(dict)
-    for name in names:
-        p = parts[name]
-        if name in TOTAL_LOSS_NAMES or name in OVERVIEW_NAMES:
-            continue
-        if p.unscaled and p.key[: -len("_unscaled")] in present:
-            continue  # DETR's unscaled copy of a logged loss: same curve, another scale
-        if p.split in SPLITS:
-            if p.layer is None:
-                splits[p.base][p.split] = name
-            continue
-        base = p.base + ("_unscaled" if p.unscaled else "")
-        if "loss" in p.base:  # loss_ce, s0.loss_cls (mmdet cascade stages), decode.loss_seg
-            families[loss_family(p.base)][base].append(p)
-        else:
-            others[base].append(p)
-    splits = {b: s for b, s in splits.items() if len(s) == len(SPLITS)}
-    return _Groups(total, families, others, splits)
-
-
 def _chunks(items: List[Any], size: int) -> List[List[Any]]:
     return [items[i: i + size] for i in range(0, len(items), size)] or [[]]
-
-
-# ----------------------------------------------------------------------------- figures
 
 
 def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Sequence[str]) -> Any:
@@ -235,7 +56,7 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
     timing = [n for n in ("time", "data_time") if any(n in t.train for t in tables)]
     if timing:
         rows.append(("seconds per iteration", timing))
-    figure, axes = _grid(len(rows), 1, extra_width=2.6, height=2.2 * len(rows) + 0.6)
+    figure, axes = grid(len(rows), 1, extra_width=2.6, height=2.2 * len(rows) + 0.6)
     flat = list(axes.flat)
     single = len(tables) == 1
     for ax, (title, names) in zip(flat, rows):
@@ -244,20 +65,20 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
                 series = table.train.get(name)
                 if series is None:
                     continue
-                color = RUN_COLORS[position] if single else _run_color(index)
-                label = name if single else f"{_run_label(table, index)}: {name}" if len(names) > 1 else _run_label(table, index)
+                color = RUN_COLORS[position] if single else run_color(index)
+                label = name if single else f"{run_label(table, index)}: {name}" if len(names) > 1 else run_label(table, index)
                 if name == "lr":
-                    _curve(ax, table, series, options, color=color, label=label, smooth_it=False)
+                    curve(ax, table, series, options, color=color, label=label, smooth_it=False)
                 else:
-                    _curve(ax, table, series, options, color=color, label=label, band=single and position == 0,
+                    curve(ax, table, series, options, color=color, label=label, band=single and position == 0,
                            style="-" if position == 0 or single else "--")
         ax.set_title(f"{title} ({options.smooth.describe()})" if title == "total loss" else title)
         if title == "total loss":
-            _loss_axis(ax, options)
+            loss_axis(ax, options)
         if title == "learning rate":
             _log_if_wide(ax, tables)
-        _axis_legend(ax)
-    return _finish(figure, flat[-1:], tables, options, "overview")
+        axis_legend(ax)
+    return finish(figure, flat[-1:], tables, options, "overview")
 
 
 def _log_if_wide(ax: Any, tables: Sequence[LogTable]) -> None:
@@ -272,10 +93,10 @@ def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[
                   is_loss: bool) -> Any:
     """One panel per base name; one table: its aux layers light to dark and the final layer in
     black; several tables: each run's final layer in its colour."""
-    figure, axes, bottoms = _panel_grid(len(bases))
+    figure, axes, bottoms = panel_grid(len(bases))
     single = len(tables) == 1
     layers = sorted({p.layer for parts in bases.values() for p in parts if p.layer is not None})
-    colors = dict(zip(layers, _layer_colors(len(layers))))
+    colors = dict(zip(layers, layer_colors(len(layers))))
     # Without decoder layers a panel holds one curve: no legend, the first run colour.
     final_color, final_label = ("black", "final layer") if layers else (RUN_COLORS[0], None)
     for ax, (base, parts) in zip(axes, bases.items()):
@@ -287,42 +108,42 @@ def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[
                 if series is None:
                     continue
                 if p.layer is None:
-                    _curve(ax, table, series, options, color=final_color, label=final_label, width=1.4)
+                    curve(ax, table, series, options, color=final_color, label=final_label, width=1.4)
                 else:
-                    _curve(ax, table, series, options, color=colors[p.layer], label=f"layer {p.layer}", width=0.9)
+                    curve(ax, table, series, options, color=colors[p.layer], label=f"layer {p.layer}", width=0.9)
         else:
             last = ordered[-1]
             for index, table in enumerate(tables):
                 series = table.train.get(last.key)
                 if series is not None:
-                    _curve(ax, table, series, options, color=_run_color(index), label=_run_label(table, index))
+                    curve(ax, table, series, options, color=run_color(index), label=run_label(table, index))
         ax.set_title(base)
         if is_loss:
-            _loss_axis(ax, options)
-    _outside_legend(figure, axes)
-    return _finish(figure, bottoms, tables, options, what)
+            loss_axis(ax, options)
+    outside_legend(figure, axes)
+    return finish(figure, bottoms, tables, options, what)
 
 
 def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[str, Dict[str, str]]) -> Any:
     """Real and synthetic curves of each loss on shared axes, with the overall curve in grey."""
-    figure, axes, bottoms = _panel_grid(len(splits))
+    figure, axes, bottoms = panel_grid(len(splits))
     single = len(tables) == 1
     styles = {"real": "-", "synthetic": "--"}
     for ax, (base, names) in zip(axes, splits.items()):
         for index, table in enumerate(tables):
             if single and base in table.train:
-                _curve(ax, table, table.train[base], options, color="0.6", label="all samples", width=0.9)
+                curve(ax, table, table.train[base], options, color="0.6", label="all samples", width=0.9)
             for position, split in enumerate(SPLITS):
                 series = table.train.get(names[split])
                 if series is None:
                     continue
-                color = RUN_COLORS[position] if single else _run_color(index)
-                label = split if single else f"{_run_label(table, index)}: {split}"
-                _curve(ax, table, series, options, color=color, label=label, style=styles[split])
+                color = RUN_COLORS[position] if single else run_color(index)
+                label = split if single else f"{run_label(table, index)}: {split}"
+                curve(ax, table, series, options, color=color, label=label, style=styles[split])
         ax.set_title(base)
-        _loss_axis(ax, options)
-    _outside_legend(figure, axes)
-    return _finish(figure, bottoms, tables, options, "real vs synthetic")
+        loss_axis(ax, options)
+    outside_legend(figure, axes)
+    return finish(figure, bottoms, tables, options, "real vs synthetic")
 
 
 def _magnitude(tables: Sequence[LogTable], name: str) -> float:
@@ -358,7 +179,7 @@ def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List
 
 def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: List[Tuple[str, List[str]]]) -> Any:
     """Validation metrics over training, markers at each evaluation; the best point is starred."""
-    figure, axes, bottoms = _panel_grid(len(panels))
+    figure, axes, bottoms = panel_grid(len(panels))
     single = len(tables) == 1
     for ax, (task, names) in zip(axes, panels):
         for position, name in enumerate(names):
@@ -367,13 +188,13 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
                 series = table.val.get(name)
                 if series is None:
                     continue
-                color = RUN_COLORS[position % len(RUN_COLORS)] if single else _run_color(index)
-                label = short if single else f"{_run_label(table, index)}: {short}"
+                color = RUN_COLORS[position % len(RUN_COLORS)] if single else run_color(index)
+                label = short if single else f"{run_label(table, index)}: {short}"
                 style = "-" if single else ["-", "--", ":", "-."][position % 4]
-                _points(ax, table, series, options, color=color, label=label, style=style)
+                points(ax, table, series, options, color=color, label=label, style=style)
         ax.set_title(task)
-        _axis_legend(ax)
-    return _finish(figure, bottoms, tables, options, "validation")
+        axis_legend(ax)
+    return finish(figure, bottoms, tables, options, "validation")
 
 
 def _train_val_pairs(tables: Sequence[LogTable]) -> List[str]:
@@ -397,52 +218,52 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
     pairs = _train_val_pairs(tables)
     if not pairs:
         main = _main_train_loss(tables[0])
-        figure, axes = _grid(1, 1, extra_width=2.4, height=3.2)
+        figure, axes = grid(1, 1, extra_width=2.4, height=3.2)
         ax = axes[0, 0]
         for index, table in enumerate(tables):
             name = _main_train_loss(table) if main is None else main
             if name and name in table.train:
                 single = len(tables) == 1
-                _curve(ax, table, table.train[name], options, color=_run_color(index), band=single,
-                       label=f"train {name}" if single else _run_label(table, index))
+                curve(ax, table, table.train[name], options, color=run_color(index), band=single,
+                       label=f"train {name}" if single else run_label(table, index))
         ax.set_title(f"train {main or 'loss'} (no validation loss logged)")
-        _loss_axis(ax, options)
-        _axis_legend(ax)
-        return _finish(figure, [ax], tables, options, "train vs validation loss")
-    figure, axes = _grid(2, len(pairs), extra_width=2.4, height=4.6)
+        loss_axis(ax, options)
+        axis_legend(ax)
+        return finish(figure, [ax], tables, options, "train vs validation loss")
+    figure, axes = grid(2, len(pairs), extra_width=2.4, height=4.6)
     for column, name in enumerate(pairs):
         top, bottom = axes[0, column], axes[1, column]
         for index, table in enumerate(tables):
             single = len(tables) == 1
             train, val = table.train.get(name), table.val.get(name)
-            color_train = RUN_COLORS[0] if single else _run_color(index)
-            color_val = RUN_COLORS[1] if single else _run_color(index)
-            prefix = "" if single else f"{_run_label(table, index)}: "
+            color_train = RUN_COLORS[0] if single else run_color(index)
+            color_val = RUN_COLORS[1] if single else run_color(index)
+            prefix = "" if single else f"{run_label(table, index)}: "
             if train is not None:
-                _curve(top, table, train, options, color=color_train, label=f"{prefix}train", band=single)
+                curve(top, table, train, options, color=color_train, label=f"{prefix}train", band=single)
             if val is not None:
-                _points(top, table, val, options, color=color_val, label=f"{prefix}validation", style="--")
+                points(top, table, val, options, color=color_val, label=f"{prefix}validation", style="--")
             if train is not None and val is not None and len(train):
                 smoothed = smooth(train.values, options.smooth)
                 finite = np.isfinite(smoothed)
                 if finite.any():
                     at_val = np.interp(val.steps, train.steps[finite], smoothed[finite])
                     gap = Series(val.steps, val.values - at_val)
-                    _points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
+                    points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
         bottom.axhline(0.0, color="0.4", linewidth=0.7)
         top.set_title(f"{name}: train vs validation")
         bottom.set_title("generalization gap (val − smoothed train)")
-        _loss_axis(top, options)
-    _axis_legend(axes[0, -1])
-    _axis_legend(axes[1, -1])
-    return _finish(figure, list(axes[1]), tables, options, "train vs validation loss")
+        loss_axis(top, options)
+    axis_legend(axes[0, -1])
+    axis_legend(axes[1, -1])
+    return finish(figure, list(axes[1]), tables, options, "train vs validation loss")
 
 
 def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[FigureSpec]:
     """The figures ``tables`` call for, in a fixed order; each built only when asked."""
     train_names = list(dict.fromkeys(n for t in tables for n in t.train))
     val_names = list(dict.fromkeys(n for t in tables for n in t.val))
-    groups = _group_keys(train_names)
+    groups = group_keys(train_names)
     specs: List[FigureSpec] = []
     if groups.total or "lr" in train_names or "time" in train_names:
         specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total)))

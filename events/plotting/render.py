@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any, Callable, Dict, List, Sequence
 
 from events.readers.table import LogTable
 
-from .figures import FigureSpec, PlotOptions
-from .style import base_rc, font_settings, matplotlib_figure, save_figure
+from .options import FigureSpec, PlotOptions
+from .style import base_rc, font_settings, matplotlib_figure, rasterize, save_figure, write_png
 
 __all__ = ["render_figures", "figure_context", "default_jobs", "FIGURE_FORMATS"]
 
@@ -50,15 +51,21 @@ class figure_context:
         self._stack.close()
 
 
-def _render_one(spec: FigureSpec, out_dir: str, options: PlotOptions) -> str:
-    figure = spec.build()
-    path = os.path.join(out_dir, f"{spec.name}.{options.fmt}")
-    return save_figure(figure, path, options.dpi, options.fmt)
+def _render_sequentially(specs: Sequence[FigureSpec], out_dir: str, options: PlotOptions) -> List[str]:
+    """Build and draw each figure in turn; PNG files are compressed by a writer thread meanwhile
+    (PIL releases the GIL while compressing, so drawing the next figure goes on)."""
+    paths = [os.path.join(out_dir, f"{spec.name}.{options.fmt}") for spec in specs]
+    if options.fmt != "png":
+        return [save_figure(spec.build(), path, options.dpi, options.fmt) for spec, path in zip(specs, paths)]
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = [writer.submit(write_png, rasterize(spec.build(), options.dpi), path, options.dpi)
+                   for spec, path in zip(specs, paths)]
+        return [future.result() for future in pending]
 
 
-def _render_index(index: int) -> str:
+def _render_slice(indices: Sequence[int]) -> List[str]:
     with _JOB["context"]:
-        return _render_one(_JOB["specs"][index], _JOB["out_dir"], _JOB["options"])
+        return _render_sequentially([_JOB["specs"][i] for i in indices], _JOB["out_dir"], _JOB["options"])
 
 
 def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_dir: str, options: PlotOptions,
@@ -78,13 +85,17 @@ def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_
     if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
         matplotlib_figure()  # import matplotlib once in the parent: the forked workers share it
         _JOB.update(specs=list(specs), out_dir=out_dir, options=options, context=context)
+        # Worker k renders figures k, k + jobs, ...: heavy and light figures spread evenly.
+        slices = [list(range(k, len(specs), jobs)) for k in range(jobs)]
         try:
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                return pool.map(_render_index, range(len(specs)), chunksize=1)
+                done = dict(zip(map(tuple, slices), pool.map(_render_slice, slices, chunksize=1)))
         finally:
             _JOB.clear()
+        by_index = {i: path for indices, paths in done.items() for i, path in zip(indices, paths)}
+        return [by_index[i] for i in range(len(specs))]
     with context:
-        return [_render_one(spec, out_dir, options) for spec in specs]
+        return _render_sequentially(specs, out_dir, options)
 
 
 def default_jobs() -> int:

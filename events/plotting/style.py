@@ -15,6 +15,8 @@ __all__ = [
     "find_cjk_font",
     "base_rc",
     "save_figure",
+    "rasterize",
+    "write_png",
     "RUN_COLORS",
 ]
 
@@ -113,25 +115,38 @@ def base_rc() -> Dict[str, Any]:
     }
 
 
-def save_figure(figure: Any, path: str, dpi: int, fmt: str) -> str:
-    """Save ``figure`` to ``path`` as ``fmt`` (png/svg/pdf); returns the path.
+def rasterize(figure: Any, dpi: int) -> Any:
+    """``figure`` drawn once by Agg at ``dpi``, as an opaque RGB ``PIL.Image``.
 
-    PNG is rasterised by Agg once at ``dpi`` and written as opaque RGB with zlib level 1:
-    ``savefig`` would lay the figure out in a dry run first and encode RGBA at level 6, about
-    twice the time for the same picture (our figures have an opaque white background).
+    ``savefig`` would lay the figure out in a dry run first and encode RGBA; our figures have
+    an opaque white background, so RGB loses nothing and is a quarter less to compress.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        if fmt != "png":
-            figure.savefig(path, dpi=dpi, format=fmt)
-            return path
-        import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from PIL import Image
-
-        figure.set_dpi(dpi)
-        canvas = FigureCanvasAgg(figure)
         canvas.draw()
-        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-        Image.fromarray(rgb).save(path, format="png", compress_level=1, dpi=(dpi, dpi))
+    width, height = canvas.get_width_height()
+    return Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+
+
+def write_png(image: Any, path: str, dpi: int) -> str:
+    """Write a rasterised figure; zlib level 1 (files ~20% larger than level 6, ~1.5x faster).
+
+    PIL releases the GIL while compressing, so this may run in a thread beside the next draw.
+    """
+    image.save(path, format="png", compress_level=1, dpi=(dpi, dpi))
+    return path
+
+
+def save_figure(figure: Any, path: str, dpi: int, fmt: str) -> str:
+    """Save ``figure`` to ``path`` as ``fmt`` (png/svg/pdf); returns the path."""
+    if fmt == "png":
+        return write_png(rasterize(figure, dpi), path, dpi)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        figure.savefig(path, dpi=dpi, format=fmt)
     return path

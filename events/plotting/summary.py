@@ -115,10 +115,11 @@ def count_spikes(values: np.ndarray, k: float = SPIKE_MADS) -> Tuple[np.ndarray,
     level = rolling_median(values)
     residual = values - level
     size = max(25, n // 20)
-    blocks = math.ceil(n / size)
-    pad = blocks * size - n
-    padded = np.concatenate([np.abs(residual), np.full(pad, np.nan)]).reshape(blocks, size)
-    scale = np.repeat(np.nanmedian(padded, axis=1), size)[:n]
+    deviation = np.abs(residual)
+    whole = (n // size) * size
+    scale = np.repeat(np.median(deviation[:whole].reshape(-1, size), axis=1), size)
+    if whole < n:  # the last, partial window borrows points from the one before
+        scale = np.concatenate([scale, np.full(n - whole, np.median(deviation[-size:]))])
     scale = np.maximum(scale, MAD_FLOOR * np.abs(level))
     mask = (np.abs(residual) > k * scale) & (scale > 0)
     return mask, int(mask.sum())

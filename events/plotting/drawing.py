@@ -1,0 +1,130 @@
+"""Drawing helpers shared by the figures: panel grids, curves (raw band + smoothed line),
+validation points, legends outside the panels, titles, colours."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from events.readers.table import LogTable, Series
+
+from .options import PlotOptions
+from .smoothing import envelope, smooth, thin
+from .style import RUN_COLORS, matplotlib_figure
+
+_PANEL_SIZE = (3.6, 2.4)  # inches; at 300 DPI a panel is ~1080 x 720 pixels
+_MAX_MARKERS = 60
+
+
+def grid(rows: int, cols: int, extra_width: float = 1.3, height: Optional[float] = None) -> Tuple[Any, np.ndarray]:
+    """A figure of ``rows x cols`` panels, laid out by matplotlib's constrained layout (no overlaps)."""
+    Figure = matplotlib_figure()
+    width = cols * _PANEL_SIZE[0] + extra_width
+    figure = Figure(figsize=(width, height or rows * _PANEL_SIZE[1] + 0.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).reshape(rows, cols)
+    return figure, axes
+
+
+def panel_grid(count: int) -> Tuple[Any, List[Any], List[Any]]:
+    """``count`` panels in rows of 3: the figure, the panels, and the lowest panel of each column
+    (which carries the x label)."""
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    figure, axes = grid(rows, cols)
+    flat = list(axes.flat)
+    for unused in flat[count:]:
+        unused.set_visible(False)
+    bottoms = []
+    for column in range(cols):
+        lowest = max(row for row in range(rows) if row * cols + column < count)
+        bottoms.append(axes[lowest, column])
+    return figure, flat[:count], bottoms
+
+
+def curve(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, color: Any, label: Optional[str],
+           band: bool = False, width: float = 1.1, style: str = "-", smooth_it: bool = True) -> None:
+    """Draw ``series``: a light min/max band of the raw points (if ``band``) under the smoothed line."""
+    if len(series) == 0:
+        return
+    x = table.x_of(series, options.x)
+    y = series.values
+    if band and len(y) > options.max_points:
+        x_mid, low, high = envelope(x, y, options.max_points)
+        ax.fill_between(x_mid, low, high, color=color, alpha=0.18, linewidth=0)
+    elif band and len(y) > 1:
+        ax.plot(x, y, color=color, alpha=0.3, linewidth=0.6)
+    shown = smooth(y, options.smooth) if smooth_it else y
+    xt, yt = thin(x, shown, options.max_points)
+    ax.plot(xt, yt, style, color=color, label=short(label), linewidth=width)
+
+
+def short(label: Optional[str], limit: int = 36) -> Optional[str]:
+    """A legend entry cut in the middle when long, so legends do not squeeze the panels."""
+    if label is None or len(label) <= limit:
+        return label
+    keep = (limit - 1) // 2
+    return f"{label[:keep]}…{label[-keep:]}"
+
+
+def points(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, color: Any, label: Optional[str], style: str = "-") -> None:
+    """Draw a short series (validation) as markers joined by lines, unsmoothed."""
+    x = table.x_of(series, options.x)
+    marker = "o" if len(series) <= _MAX_MARKERS else None  # hundreds of markers hide the line
+    ax.plot(x, series.values, style, marker=marker, markersize=3, color=color, label=short(label), linewidth=1.0)
+
+
+def loss_axis(ax: Any, options: PlotOptions) -> None:
+    if options.log_scale:
+        ax.set_yscale("log")
+
+
+def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str) -> Any:
+    """Title the figure and put the x label under ``bottoms`` (the lowest panel of each column)."""
+    label = short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
+    head = f"{options.title} — " if options.title else ""
+    figure.suptitle(f"{head}{what} — {label}", fontsize=10)
+    for ax in bottoms:
+        ax.set_xlabel(tables[0].x_label(options.x))
+    for ax in figure.axes:
+        _thousands(ax)
+    return figure
+
+
+def _thousands(ax: Any) -> None:
+    """Iteration ticks as 20k, 40k... instead of a 1e5 offset."""
+    from matplotlib.ticker import FuncFormatter
+
+    if max(abs(v) for v in ax.get_xlim()) >= 10_000:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value else "0"))
+
+
+def outside_legend(figure: Any, axes: Sequence[Any]) -> None:
+    """One legend for the figure, outside the panels (right), de-duplicated by label."""
+    handles: Dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside right upper")
+
+
+def axis_legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def layer_colors(count: int) -> List[Any]:
+    """``count`` aux-layer colours from light (early layers) to dark (late layers)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.85 - 0.75 * i / max(1, count - 1)) for i in range(count)]
+
+
+def run_color(index: int) -> str:
+    return RUN_COLORS[index % len(RUN_COLORS)]
+
+
+def run_label(table: LogTable, index: int) -> str:
+    return table.label or f"run {index + 1}"
