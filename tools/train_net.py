@@ -12,8 +12,6 @@ checkpoints, config.yaml, train_history.json and loss_graph.png.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
 import sys
@@ -39,6 +37,7 @@ from engine.evaluation import evaluate_loss  # noqa: E402
 from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler, PeriodicWriter  # noqa: E402
 from engine.metrics import LossDictReducer  # noqa: E402
 from engine.param_monitor import ParameterMonitor  # noqa: E402
+from engine.run_history import RunHistory  # noqa: E402
 from engine.train_loop import SimpleTrainer  # noqa: E402
 from engine.writer_builder import build_writers  # noqa: E402
 
@@ -66,49 +65,6 @@ def to_device(loader, device: torch.device) -> Iterator:
         yield images.to(device), [
             {k: v.to(device) if torch.is_tensor(v) else v for k, v in target.items()} for target in targets
         ]
-
-
-class RunHistory:
-    """``train_history.json``: one entry per session of this output directory (fresh run or
-    resume): when, from which iteration, how it ended and the final losses."""
-
-    def __init__(self, output_dir: str, config_file: str, start_iter: int, resumed: bool):
-        self.path = os.path.join(output_dir, "train_history.json")
-        self.sessions = []
-        if os.path.exists(self.path):
-            try:
-                with open(self.path, encoding="utf-8") as f:
-                    self.sessions = json.load(f)["sessions"]
-            except (ValueError, KeyError, TypeError):
-                os.replace(self.path, self.path + ".unreadable")
-        self.session: Dict[str, Any] = {
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
-            "config_file": config_file,
-            "resumed": resumed,
-            "start_iter": start_iter,
-            "status": "running",
-        }
-        self.sessions.append(self.session)
-        self._save()
-
-    def finish(self, status: str, storage, error: Optional[str] = None) -> None:
-        latest = storage.latest() if storage is not None else {}
-        self.session.update(
-            ended=datetime.datetime.now().isoformat(timespec="seconds"),
-            status=status,
-            last_iteration=max((itr for _, itr in latest.values()), default=None),
-            final={k: v for k, (v, _) in latest.items() if "loss" in k and "__" not in k},
-        )
-        if error:
-            self.session["error"] = error
-        self._save()
-
-    def _save(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"sessions": self.sessions}, f, indent=2)
-        os.replace(tmp, self.path)
 
 
 def write_loss_graph(output_dir: str) -> None:
@@ -139,6 +95,10 @@ def build_trainer(cfg, args):
     output_dir = cfg.OUTPUT_DIR
     default_setup(output_dir, cfg.SEED)
     device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # The demo's tensors are tiny: one intra-op thread per process is ~10x faster than two
+        # on a busy 2-core machine (threads spin-wait for each other). OMP_NUM_THREADS overrides.
+        torch.set_num_threads(1)
 
     model = build_demo_model(cfg).to(device)
     train_data = build_train_loader(cfg, rank, world_size)
@@ -218,20 +178,25 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png at the end."""
     output_dir = cfg.OUTPUT_DIR
     history = RunHistory(output_dir, config_file, start_iter, resumed) if comm.is_main_process() else None
+
+    def final_values() -> Dict[str, Any]:
+        storage = trainer.storage
+        return storage.latest_with_smoothing_hint(cfg.TELEMETRY.WINDOW_SIZE) if storage else {}
+
     try:
         trainer.train(start_iter, cfg.SOLVER.MAX_ITER)
     except FloatingPointError as e:
         # Every rank raises at the same iteration; what was logged before is on disk.
         if history:
-            history.finish("non-finite loss", trainer.storage, error=str(e))
+            history.finish("non-finite loss", final_values(), error=str(e))
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
         if history:
-            history.finish("crashed", trainer.storage, error=f"{type(e).__name__}: {e}")
+            history.finish("crashed", final_values(), error=f"{type(e).__name__}: {e}")
         raise
     if history:
-        history.finish("completed", trainer.storage)
+        history.finish("completed", final_values())
         write_loss_graph(output_dir)
     comm.synchronize()
     return 0
