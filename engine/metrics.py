@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from criterion.weight_dict import weighted_total
 from engine import comm
 from events.storage import get_event_storage
 
@@ -92,16 +93,15 @@ def backward_total(
 ) -> torch.Tensor:
     """The scalar that ``backward()`` sees, keeping the graph.
 
-    With ``weight_dict``: ``sum(weight_dict[k] * loss_dict[k])`` over the keys of ``weight_dict``
-    present in ``loss_dict``; without it: the sum of the loss terms (:func:`is_loss_term`).
+    With ``weight_dict``: the criterion's ``weighted_total`` (``sum(weight_dict[k] * loss_dict[k])``
+    over the keys of ``weight_dict`` present, refusing to weight a metric); without it: the sum of
+    the loss terms (:func:`is_loss_term`).
     """
-    if weight_dict is None:
-        terms = [value for name, value in loss_dict.items() if is_loss_term(name, loss_dict)]
-    else:
-        terms = [loss_dict[name] * weight for name, weight in weight_dict.items() if name in loss_dict]
+    if weight_dict is not None:
+        return weighted_total(loss_dict, weight_dict)
+    terms = [value for name, value in loss_dict.items() if is_loss_term(name, loss_dict)]
     if not terms:
-        wanted = "keys of weight_dict" if weight_dict is not None else "loss terms ('loss*' keys)"
-        raise ValueError(f"loss dict has no {wanted}; keys: {sorted(loss_dict)}")
+        raise ValueError(f"loss dict has no loss terms ('loss*' keys); keys: {sorted(loss_dict)}")
     return torch.stack([torch.as_tensor(term).reshape(()) for term in terms]).sum()
 
 

@@ -330,7 +330,7 @@ def test_backward_total_keeps_the_graph_and_follows_the_totals():
     assert total.item() == 8.0 and leaf.grad.item() == 4.0
     weighted = backward_total(loss_dict, {"loss_ce": 2.0, "loss_giou": 7.0})
     assert weighted.item() == 12.0
-    with pytest.raises(ValueError, match="no keys of weight_dict"):
+    with pytest.raises(ValueError, match="no weight_dict key is in the loss dict"):
         backward_total(loss_dict, {"loss_giou": 1.0})
     with pytest.raises(ValueError, match="no loss terms"):
         backward_total({"k_log": T(1.0)})
