@@ -6,19 +6,28 @@
   W&B's "step must increase" rule (a lower explicit step is dropped with only a warning).
 * Modes: ``online``, ``offline`` (no network; ``wandb sync <dir>/wandb/offline-run-*`` later),
   ``disabled`` (a no-op run), and ``auto`` = online when an API key is configured, else offline.
-* Resume: the run id and the last iteration logged are kept in ``wandb_run.json`` (in the
-  output directory, next to the checkpoints). Resuming reopens the same run id with
-  ``resume="allow"`` and logs only iterations after the last one W&B already holds: a resumed
-  curve never goes back and no iteration appears twice. The crashed run's values between the
-  checkpoint and the crash stay in W&B (TensorBoard and metrics.json show the resumed values):
-  W&B's "rewind" (``resume_from``) is a server-side preview feature that needs ``_step`` to be
-  the iteration, which breaks the evaluation cadence above, and an offline run cannot ask the
-  server what it holds.
+* Resume: the run id and the last iteration handed to ``run.log`` are kept in
+  ``wandb_run.json`` (in the output directory, next to the checkpoints). Resuming reopens the
+  same run id with ``resume="allow"`` and logs only iterations after the last one W&B already
+  holds: a resumed curve never goes back and no iteration appears twice. The crashed run's
+  values between the checkpoint and the crash stay in W&B (training replays them exactly, and
+  TensorBoard and metrics.json show the resumed values): W&B's "rewind" (``resume_from``) is a
+  server-side preview feature that needs ``_step`` to be the iteration, which breaks the
+  evaluation cadence above, and an offline run cannot ask the server what it holds.
+* What W&B holds is less than what was handed to ``run.log`` when the trainer was killed:
+  wandb-core writes its offline file in whole 32 KiB blocks and flushes the partial last one
+  only at ``finish()``, so a SIGKILL loses up to ~32 KiB of rows. Offline, the resumed writer
+  therefore reads the previous run files of the same id (``wandb/offline-run-*-<id>/``) and
+  continues after the last iteration they hold in full, re-logging the lost rows that training
+  replays (rows from before the checkpoint it cannot re-log; a warning names them). Online,
+  it continues after the state file's iteration (or the server summary's, if higher): rows
+  wandb-core had not yet sent when the process was killed are lost from the run.
 * The API key is never read, logged or put in the config: wandb finds it itself, and
   ``redact_secrets`` blanks secret-looking config entries before they are sent.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -28,10 +37,11 @@ import re
 import secrets
 import string
 from collections import defaultdict
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from events.storage import get_event_storage
+from events.wandb_records import last_logged_iteration
 from events.writer_guard import import_optional
 from events.writers import EventWriter
 
@@ -142,6 +152,8 @@ class WandbWriter(EventWriter):
         mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (see ``resolve_mode``).
         run_id: a fixed run id; "" = the one saved in ``state_file`` when resuming, else new.
         resume: continue the run saved in ``state_file`` (or ``run_id``) after a restart.
+        resume_iter: the iteration training resumes at (the checkpoint's next one), to name the
+            rows a killed offline run lost that training will not replay; None if unknown.
         state_file: where the run id and last logged iteration live (default
             ``<run_dir>/wandb_run.json``; keep it next to the checkpoints).
         window_size: median window for scalars put with ``smoothing_hint=True``.
@@ -165,6 +177,7 @@ class WandbWriter(EventWriter):
         mode: str = "auto",
         run_id: str = "",
         resume: bool = False,
+        resume_iter: Optional[int] = None,
         state_file: Optional[str] = None,
         window_size: int = 20,
         clear_histograms: bool = True,
@@ -179,7 +192,8 @@ class WandbWriter(EventWriter):
 
         state = _read_state(self._state_file) if resume else {}
         run_id = run_id or state.get("run_id") or _new_run_id()
-        self._last_write = int(state.get("last_iteration", -1)) if state.get("run_id") == run_id else -1
+        same_run = state.get("run_id") == run_id and "last_iteration" in state
+        sent = int(state["last_iteration"]) if same_run else None
         self._run = wandb.init(
             project=project or None,
             entity=entity or None,
@@ -194,11 +208,9 @@ class WandbWriter(EventWriter):
             mode=self._mode,
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
         )
+        self._last_write = -1
         if resume:
-            # Online, the server's summary knows the last iteration even without our state file.
-            held = self._run.summary.get(_ITERATION)
-            if isinstance(held, (int, float)):
-                self._last_write = max(self._last_write, int(held))
+            self._last_write = self._held_iteration(sent, resume_iter)
             if self._last_write >= 0:
                 logger.info(
                     "W&B run %s resumed; it holds iterations up to %d, logging continues after it.",
@@ -214,6 +226,62 @@ class WandbWriter(EventWriter):
     def run(self):
         """The ``wandb`` run, for logging what the storage does not hold (tables, media)."""
         return self._run
+
+    def _held_iteration(self, sent: Optional[int], resume_iter: Optional[int]) -> int:
+        """The last iteration the reopened run holds (-1: none); logging continues after it.
+
+        ``sent`` is the state file's last iteration handed to ``run.log`` (None: no state for
+        this run id).
+        """
+        believed = -1 if sent is None else sent
+        if self._mode != "offline":
+            # Online, the server's summary knows the last iteration even without our state file.
+            summary = self._run.summary.get(_ITERATION)
+            return max(believed, int(summary) if isinstance(summary, (int, float)) else -1)
+        run_files = self._previous_offline_files()
+        if not run_files:
+            return believed
+        try:
+            held = last_logged_iteration(run_files, _ITERATION)
+        except (OSError, ValueError) as error:  # never stop training over it
+            logger.warning(
+                "W&B run %s: could not read its earlier offline run files (%s); logging continues after "
+                "iteration %d as %s says, so rows a killed run did not write may be missing.",
+                self._run.id,
+                error,
+                believed,
+                self._state_file,
+            )
+            return believed
+        held = -1 if held is None else held
+        if sent is None:
+            return held
+        if held >= sent:  # a higher ``iteration`` can only come from rows user code logged
+            return sent
+        lost_for_good = ""
+        if resume_iter is not None and resume_iter - 1 > held:
+            lost_for_good = (
+                f"; those up to iteration {min(sent, resume_iter - 1)} precede the checkpoint "
+                f"training resumes from ({resume_iter}) and stay missing"
+            )
+        logger.warning(
+            "W&B run %s: its offline run files hold %s, not %d: the killed run lost the rows "
+            "wandb-core had not yet written. Logging continues after iteration %d%s.",
+            self._run.id,
+            f"iterations up to {held}" if held >= 0 else "no rows",
+            sent,
+            held,
+            lost_for_good,
+        )
+        return held
+
+    def _previous_offline_files(self) -> List[str]:
+        """The ``run-<id>.wandb`` files that earlier sessions of this run left in the wandb dir."""
+        settings = self._run.settings
+        run_file = f"run-{glob.escape(self._run.id)}.wandb"
+        pattern = os.path.join(glob.escape(settings.wandb_dir), "offline-run-*", run_file)
+        current = os.path.abspath(settings.sync_file)
+        return sorted(path for path in glob.glob(pattern) if os.path.abspath(path) != current)
 
     def _save_state(self) -> None:
         if self._mode != "disabled":

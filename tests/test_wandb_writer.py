@@ -1,12 +1,15 @@
 """WandbWriter, read back from the offline run file with wandb's own Record protos."""
 import json
+import logging
 import os
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
 from events import EventStorage
+from events.wandb_records import BLOCK_SIZE, DamagedRunFile, iter_records
 from events.wandb_writer import (
     REDACTED,
     STATE_FILE_NAME,
@@ -143,6 +146,163 @@ def test_resume_continues_the_same_run_without_duplicates_or_gaps(tmp_path):
     assert first_iters == [19, 39, 59, 79, 99, 100]
     # Iterations W&B already holds are not sent again: no zig-zag, nothing dropped by W&B.
     assert second_rows == [{"loss": 119, "iteration": 119}, {"loss": 139, "iteration": 139}]
+
+
+LOSS_KEYS = [f"loss_{term}_{layer}" for term in ("ce", "bbox", "giou", "rel") for layer in range(10)]
+KILLED_AT = 59  # the killed session handed rows 0..59 to run.log
+RESUMED_END = 70
+
+
+def marker(it):
+    """A value only row ``it`` holds, written as the same plain digits by every float format."""
+    return 5000.125 + it
+
+
+def loss_values(it):
+    return [it + k / 64 for k in range(len(LOSS_KEYS))]
+
+
+def replay(storage, writer, start, stop):
+    """Training that replays exactly after a resume (each value is a function of the iteration),
+    one W&B row per iteration of ~40 keys: 60 rows span several 32 KiB blocks."""
+    for it in range(start, stop):
+        storage.iter = it
+        storage.put_scalars_bulk(LOSS_KEYS, loss_values(it), smoothing_hint=False)
+        storage.put_scalar("marker", marker(it), smoothing_hint=False)
+        writer.write()
+
+
+def expected_row(it):
+    return {**dict(zip(LOSS_KEYS, loss_values(it))), "marker": marker(it), "iteration": it}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run dir whose session logged rows 0..KILLED_AT and finished: its .wandb file is whole."""
+    root = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as monkeypatch, EventStorage() as storage:
+        isolate_wandb(monkeypatch, str(root / "wandb-home"))
+        writer = make_writer(root / "run")
+        replay(storage, writer, 0, KILLED_AT + 1)
+        writer.close()
+        (path,) = find_run_files(str(root / "run"))
+        read_offline_run(path)  # waits until wandb-core has written the whole file
+    return root / "run"
+
+
+def killed_copy(finished_run, tmp_path, cut_row):
+    """A copy of ``finished_run`` whose .wandb file ends inside row ``cut_row``'s history record,
+    as a killed wandb-core leaves it: rows before ``cut_row`` whole, the rest lost.
+
+    The cut is found in the raw bytes (the first place ``marker(cut_row)`` is written), not by
+    the decoder under test."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (path,) = find_run_files(str(run_dir))
+    with open(path, "rb") as f:
+        data = f.read()
+    first_mention = data.find(f"{marker(cut_row)}".encode())
+    assert first_mention > 0
+    cut = first_mention + 3
+    assert cut % BLOCK_SIZE > 7  # mid-block: a torn chunk, not a clean block boundary
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    return run_dir, path
+
+
+def history_iterations(path, **kwargs):
+    return [
+        json.loads(item.value_json)
+        for record in iter_records(path, **kwargs)
+        if record.WhichOneof("record_type") == "history"
+        for item in record.history.item
+        if list(item.nested_key) == ["iteration"]
+    ]
+
+
+def resume(run_dir, resume_at):
+    """The resumed session: training restarts at ``resume_at`` (the checkpoint's next iteration)."""
+    with EventStorage(resume_at) as storage:
+        writer = make_writer(run_dir, resume=True, resume_iter=resume_at)
+        replay(storage, writer, resume_at, RESUMED_END)
+        writer.close()
+    resumed_file = find_run_files(str(run_dir))[-1]
+    return metric_rows(read_offline_run(resumed_file))
+
+
+def writer_warnings(caplog):
+    ours = [r for r in caplog.records if r.name == "events.wandb_writer"]
+    return [r.getMessage() for r in ours if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    "cut_row, resume_at, missing_for_good",
+    [
+        (40, 30, ""),  # the checkpoint is before the lost rows: training replays them all
+        (40, 45, "those up to iteration 44 precede the checkpoint training resumes from (45)"),
+        (0, 10, "those up to iteration 9 precede"),  # not one row reached the file
+    ],
+)
+def test_resume_after_a_kill_relogs_the_rows_the_run_file_lost(
+    finished_run, tmp_path, caplog, cut_row, resume_at, missing_for_good
+):
+    run_dir, killed_file = killed_copy(finished_run, tmp_path, cut_row)
+    state = json.loads((run_dir / STATE_FILE_NAME).read_text())
+    assert state["last_iteration"] == KILLED_AT  # what the killed writer believed W&B held
+
+    # The torn file reads up to its last whole row; read strictly, the damage is an error.
+    assert history_iterations(killed_file, stop_at_damage=True) == list(range(cut_row))
+    with pytest.raises(DamagedRunFile, match=r"run-\w+\.wandb: (chunk cut short|checksum mismatch)"):
+        history_iterations(killed_file)
+
+    with caplog.at_level(logging.INFO, logger="events.wandb_writer"):
+        resumed_rows = resume(run_dir, resume_at)
+    first_relogged = max(cut_row, resume_at)
+    assert [row["iteration"] for row in resumed_rows] == list(range(first_relogged, RESUMED_END))
+    assert resumed_rows == [expected_row(it) for it in range(first_relogged, RESUMED_END)]
+    (warning,) = writer_warnings(caplog)
+    holds = f"iterations up to {cut_row - 1}" if cut_row else "no rows"
+    assert f"offline run files hold {holds}, not {KILLED_AT}" in warning
+    assert missing_for_good in warning and ("precede" in warning) == bool(missing_for_good)
+
+
+def test_resume_of_a_whole_run_file_trusts_it_without_a_warning(finished_run, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    resumed_rows = resume(run_dir, 50)
+    assert [row["iteration"] for row in resumed_rows] == list(range(KILLED_AT + 1, RESUMED_END))
+    assert writer_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("damage", ["header", "unreadable"])
+def test_an_unreadable_run_file_falls_back_to_the_state_file_with_one_warning(
+    finished_run, tmp_path, caplog, damage
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (path,) = find_run_files(str(run_dir))
+    if damage == "header":
+        with open(path, "r+b") as f:
+            f.write(b"garbage")
+    else:  # a directory where the file was: open() fails with an OSError, even for root
+        os.remove(path)
+        os.mkdir(path)
+    resumed_rows = resume(run_dir, 50)
+    assert [row["iteration"] for row in resumed_rows] == list(range(KILLED_AT + 1, RESUMED_END))
+    (warning,) = writer_warnings(caplog)
+    assert "could not read its earlier offline run files" in warning
+    assert f"logging continues after iteration {KILLED_AT}" in warning
+
+
+def test_a_cut_inside_the_header_holds_no_records(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (path,) = find_run_files(str(run_dir))
+    with open(path, "r+b") as f:
+        f.truncate(3)
+    assert list(iter_records(path, stop_at_damage=True)) == []
+    with pytest.raises(DamagedRunFile, match="not a W&B transaction log"):
+        list(iter_records(path))
 
 
 def test_fresh_start_gets_a_new_run(tmp_path):

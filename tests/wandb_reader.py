@@ -1,11 +1,7 @@
-"""Read a W&B offline run file (``run-<id>.wandb``) back with wandb's own proto classes.
+"""Read a W&B offline run file (``run-<id>.wandb``) back into run metadata, config and history.
 
-wandb 0.31 ships no reader for its transaction log, so tests decode the framing here and hand
-each payload to ``wandb.proto.wandb_internal_pb2.Record`` -- wandb's parser, not ours, decides
-what a record holds. The framing (see /work/shared/FACTS.md) is a 7-byte header
-(``b":W&B"``, magic ``0xBEE1`` little-endian, version ``0``) followed by LevelDB-log blocks of
-32 KiB: chunks of ``<crc32 u32, length u16, type u8>`` + data, type FULL=1 / FIRST=2 /
-MIDDLE=3 / LAST=4, zero padding where a block has fewer than 7 bytes left.
+The framing is decoded by ``events.wandb_records.iter_records`` (the one decoder in the project;
+the writer uses it on resume) and each payload by wandb's own ``Record`` proto class.
 """
 
 from __future__ import annotations
@@ -15,54 +11,14 @@ import glob
 import json
 import os
 import re
-import struct
 import time
-import zlib
-from typing import Any, Iterator
+from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
-_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-_BLOCK_SIZE = 32 * 1024
-_CHUNK_HEADER = struct.Struct("<IHB")
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+from events.wandb_records import iter_records
 
-
-def iter_records(path: str) -> Iterator[wandb_internal_pb2.Record]:
-    """Yield every Record in a ``.wandb`` file, in write order; a bad checksum is an error."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[: len(_HEADER)] != _HEADER:
-        raise ValueError(f"{path}: not a W&B transaction log (header {data[:7]!r})")
-    pos, pending = len(_HEADER), bytearray()
-    while pos + _CHUNK_HEADER.size <= len(data):
-        left_in_block = _BLOCK_SIZE - pos % _BLOCK_SIZE
-        if left_in_block < _CHUNK_HEADER.size:  # zero padding at the end of a block
-            pos += left_in_block
-            continue
-        checksum, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
-        if kind == 0 and length == 0:  # trailing zeros of a block that was preallocated
-            pos += left_in_block
-            continue
-        payload = data[pos + _CHUNK_HEADER.size : pos + _CHUNK_HEADER.size + length]
-        if zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF != checksum:
-            raise ValueError(f"{path}: checksum mismatch at byte {pos}")
-        pos += _CHUNK_HEADER.size + length
-        if kind == _FULL:
-            pending = bytearray(payload)
-        elif kind == _FIRST:
-            pending = bytearray(payload)
-            continue
-        elif kind == _MIDDLE:
-            pending += payload
-            continue
-        elif kind == _LAST:
-            pending += payload
-        else:
-            raise ValueError(f"{path}: unknown chunk type {kind} at byte {pos}")
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(bytes(pending))
-        yield record
+__all__ = ["OfflineRun", "find_run_files", "isolate_wandb", "iter_records", "read_offline_run"]
 
 
 @dataclasses.dataclass
