@@ -100,6 +100,7 @@ def _wandb_writer(
         mode=wandb_cfg.MODE,
         run_id=wandb_cfg.RUN_ID,
         resume=resume_iter is not None,
+        resume_iter=resume_iter,
         # Next to the checkpoints, wherever WANDB.DIR points.
         state_file=os.path.join(output_dir, STATE_FILE_NAME),
         window_size=cfg.TELEMETRY.WINDOW_SIZE,
