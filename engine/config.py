@@ -23,7 +23,6 @@ import dataclasses
 import difflib
 import logging
 import os
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from events.secret_redaction import REDACTED, redact_secrets
+
 from criterion.config import CriterionConfig
 
 __all__ = ["ConfigError", "get_cfg", "load_config", "dump_config", "BASE_KEY"]
@@ -40,7 +41,6 @@ __all__ = ["ConfigError", "get_cfg", "load_config", "dump_config", "BASE_KEY"]
 logger = logging.getLogger(__name__)
 
 BASE_KEY = "_BASE_"
-REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
@@ -241,8 +241,9 @@ def dump_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     sits under a secret-sounding key, or looks like a W&B API key is written as ``<redacted>``
     (with a warning naming the key).
     """
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data = _redact_secrets(data, prefix="")
+    data, redacted = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    for key in redacted:
+        logger.warning("dump_config: %s looks like a secret; written as %s", key, REDACTED)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -378,33 +379,3 @@ def _check_choices(cfg: DictConfig, source: str) -> None:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-# --------------------------------------------------------------------------------------------
-# Secrets
-# --------------------------------------------------------------------------------------------
-_SECRET_NAME = re.compile(r"API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-# W&B API keys: an optional "<host>-" prefix, then 40+ characters (legacy keys: 40 hex digits).
-_KEY_SHAPED = re.compile(r"[A-Za-z0-9]{40,}")
-
-
-def _looks_secret(key: str, value: str) -> bool:
-    if _SECRET_NAME.search(key.rsplit(".", 1)[-1]):
-        return True
-    for name, secret in os.environ.items():
-        if _SECRET_NAME.search(name) and len(secret) >= 8 and secret in value:
-            return True
-    return any(
-        re.search(r"\d", token) and re.search(r"[A-Za-z]", token)
-        for token in _KEY_SHAPED.findall(value)
-    )
-
-
-def _redact_secrets(node: Any, prefix: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _redact_secrets(v, f"{prefix}{k}.") for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact_secrets(v, prefix) for v in node]
-    key = prefix.rstrip(".")
-    if isinstance(node, str) and node and _looks_secret(key, node):
-        logger.warning("dump_config: %s looks like a secret; written as %s", key, REDACTED)
-        return REDACTED
-    return node

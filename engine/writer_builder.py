@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from engine import comm
+from events.secret_redaction import redact_secrets
 from events.writer_guard import build_guarded
 from events.writers import CommonMetricPrinter, EventWriter, JSONWriter
 
@@ -20,9 +21,7 @@ METRICS_FILE = "metrics.json"
 
 
 def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
-    from events.wandb_writer import redact_secrets
-
-    return redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    return redact_secrets(OmegaConf.to_container(cfg, resolve=True))[0]
 
 
 def build_writers(

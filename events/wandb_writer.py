@@ -23,7 +23,7 @@
   it continues after the state file's iteration (or the server summary's, if higher): rows
   wandb-core had not yet sent when the process was killed are lost from the run.
 * The API key is never read, logged or put in the config: wandb finds it itself, and
-  ``redact_secrets`` blanks secret-looking config entries before they are sent.
+  ``events.secret_redaction.redact_secrets`` blanks secret-looking config entries before they are sent.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ import logging
 import math
 import netrc
 import os
-import re
 import secrets
 import string
 from collections import defaultdict
@@ -42,6 +41,7 @@ from urllib.parse import urlparse
 
 from events.storage import get_event_storage
 from events.wandb_records import last_logged_iteration
+from events.secret_redaction import redact_secrets
 from events.writer_guard import import_optional
 from events.writers import EventWriter
 
@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
 STATE_FILE_NAME = "wandb_run.json"
-REDACTED = "<redacted>"
-_SECRET_NAME = re.compile(r"API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _ITERATION = "iteration"
 
 
@@ -76,25 +74,6 @@ def resolve_mode(mode: str) -> str:
     if env_mode:
         return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
     return "online" if api_key_configured() else "offline"
-
-
-def redact_secrets(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """A copy of ``config`` where secret-named keys, and values holding a secret environment
-    variable's value (such as ``WANDB_API_KEY``), read ``"<redacted>"``."""
-    env_secrets = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8]
-
-    def clean(key: str, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: clean(str(k), v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(key, v) for v in value]
-        if _SECRET_NAME.search(key) and value not in (None, ""):
-            return REDACTED
-        if isinstance(value, str) and any(secret in value for secret in env_secrets):
-            return REDACTED
-        return value
-
-    return {str(k): clean(str(k), v) for k, v in config.items()}
 
 
 def _new_run_id() -> str:
@@ -201,7 +180,7 @@ class WandbWriter(EventWriter):
             group=group or None,
             tags=list(tags) or None,
             dir=run_dir,
-            config=redact_secrets(config or {}),
+            config=redact_secrets(config or {})[0],
             id=run_id,
             # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
             resume="allow",

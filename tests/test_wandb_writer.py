@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
+from events.secret_redaction import REDACTED, redact_secrets
+
 from events import EventStorage
 from events.wandb_records import BLOCK_SIZE, DamagedRunFile, iter_records
 from events.wandb_writer import (
-    REDACTED,
     STATE_FILE_NAME,
     WandbWriter,
     api_key_configured,
-    redact_secrets,
     resolve_mode,
 )
 from events.writer_guard import MissingExtraError
@@ -357,7 +357,7 @@ def test_api_key_is_never_written(monkeypatch, tmp_path):
 
 def test_redact_secrets_keeps_everything_else():
     config = {"A": {"TOKEN": "t", "EMPTY_TOKEN": "", "LR": 0.1, "LIST": [1, {"PASSWORD": "p"}]}}
-    assert redact_secrets(config) == {
+    assert redact_secrets(config)[0] == {
         "A": {"TOKEN": REDACTED, "EMPTY_TOKEN": "", "LR": 0.1, "LIST": [1, {"PASSWORD": REDACTED}]}
     }
 
