@@ -133,10 +133,11 @@ def wandb_history_rows(run_file: Path) -> List[Dict[str, Any]]:
     """The scalar history rows of a ``run-<id>.wandb`` file as far as it was written.
 
     Unlike ``wandb_reader.read_offline_run`` this does not wait for the run's exit record: a run
-    whose process was killed with SIGKILL never gets one.
+    whose process was killed with SIGKILL never gets one, and its file may end in a torn chunk,
+    which ends the reading (as the W&B writer itself reads it on resume).
     """
     rows = []
-    for record in iter_records(str(run_file)):
+    for record in iter_records(str(run_file), stop_at_damage=True):
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
     return rows
