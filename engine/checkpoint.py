@@ -16,6 +16,7 @@ import torch
 
 from engine import comm
 from engine.hooks import HookBase
+from events.durable_files import write_lines_durably
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +26,6 @@ LAST_CHECKPOINT_FILE = "last_checkpoint"
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel/DataParallel, whose keys have no ``module.``."""
     return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -65,7 +57,7 @@ class Checkpointer:
         tmp = path + ".tmp"
         torch.save(data, tmp)
         os.replace(tmp, path)
-        _atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT_FILE), os.path.basename(path))
+        write_lines_durably(os.path.join(self.save_dir, LAST_CHECKPOINT_FILE), [os.path.basename(path)])
         logger.info("Saved checkpoint %s", path)
         self._prune(name_prefix=re.sub(r"_\d+$", "", name))
         return path

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from events.durable_files import write_lines_durably
+
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "train_history.json"
@@ -56,10 +58,7 @@ class RunHistory:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"sessions": self.sessions}, f, indent=2)
-        os.replace(tmp, self.path)
+        write_lines_durably(self.path, [json.dumps({"sessions": self.sessions}, indent=2)])
 
 
 def read_sessions(path: str) -> List[Dict[str, Any]]:

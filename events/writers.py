@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
+from events.durable_files import write_lines_durably
 from events.storage import get_event_storage
 
 METRICS_LOGGER_NAME = "events.writers"
@@ -66,17 +67,9 @@ def rewind_json_lines(json_file: str, resume_from: int) -> Tuple[int, int]:
                 moved.append(line if line.endswith("\n") else line + "\n")
     if not moved:
         return last_kept, 0
-    side_file = f"{json_file}.superseded-at-{resume_from}"
-    with open(side_file, "a", encoding="utf-8") as f:
-        f.writelines(moved)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp_file = json_file + ".tmp"
-    with open(tmp_file, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_file, json_file)
+    # Side file first: if the process dies in between, the records exist twice, never zero times.
+    write_lines_durably(f"{json_file}.superseded-at-{resume_from}", moved, append=True)
+    write_lines_durably(json_file, kept)
     return last_kept, len(moved)
 
 
