@@ -76,7 +76,8 @@ class IterationTimer(HookBase):
     """Put each iteration's wall time into the storage as ``time`` and log the total at the end.
 
     The first ``warmup_iter`` iterations (slow: allocation, caching) are left out of the summary.
-    Hooks registered after this one are timed too; register it first.
+    Register it first: ``time`` then covers the other hooks' ``before_step`` and the step itself,
+    but not what hooks do after it in ``after_step`` (writers, checkpoints), as in detectron2.
     """
 
     def __init__(self, warmup_iter: int = 3):
