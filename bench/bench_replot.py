@@ -11,6 +11,9 @@ Compares, in the same run and on the same file:
     python bench/bench_replot.py                 # generates /tmp/bench_replot/metrics.json once
     python bench/bench_replot.py --lines 20000 --repeat 1
 
+It prints the median of ``--repeat`` whole-process runs of each, their ratio, and where our
+time goes phase by phase.
+
 pandas is a bench-only dependency (``pip install pandas``).
 """
 from __future__ import annotations
@@ -91,6 +94,34 @@ def pandas_path(log: str, out_dir: str) -> None:
         plt.close(fig)
 
 
+def phases(log: str, out_dir: str) -> None:
+    """Where our time goes, in one process (jobs=1): CPU seconds per phase."""
+    started = [time.process_time()]
+
+    def mark(name: str) -> None:
+        now = time.process_time()
+        print(f"  {name:<28} {now - started[0]:5.2f} s CPU")
+        started[0] = now
+
+    from events.readers import read_log
+
+    mark("import readers")
+    table = read_log(log)
+    mark("read + assemble")
+    from events.plotting import PlotOptions, plan_figures, render_figures, summarize
+
+    summarize(table)
+    mark("summary numbers")
+    options = PlotOptions()
+    specs = plan_figures([table], options)
+    from events.plotting.style import matplotlib_figure
+
+    matplotlib_figure()
+    mark("import matplotlib")
+    render_figures(specs, [table], out_dir, options, jobs=1)
+    mark(f"{len(specs)} figures at {options.dpi} DPI")
+
+
 def _timed(command: list) -> tuple:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -107,9 +138,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=0, help="passed to vis_train_log.py (0 = its default)")
     parser.add_argument("--pandas-path", nargs=2, metavar=("LOG", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--phases", nargs=2, metavar=("LOG", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pandas_path:
         pandas_path(*args.pandas_path)
+        return
+    if args.phases:
+        phases(*args.phases)
         return
 
     log = os.path.join(args.data, f"metrics_{args.lines}.json")
@@ -136,6 +171,8 @@ def main() -> None:
     print(f"ours   (vis_train_log.py): median {ours_median:.2f} s  runs {', '.join(f'{t:.2f}' for t in ours)}")
     print(f"pandas (read_json + plot): median {theirs_median:.2f} s  runs {', '.join(f'{t:.2f}' for t in theirs)}")
     print(f"ratio pandas / ours: {theirs_median / ours_median:.1f}x")
+    print("ours, phase by phase (one process):")
+    print(_timed([sys.executable, __file__, "--phases", log, os.path.join(args.data, "phases")])[1], end="")
 
 
 if __name__ == "__main__":

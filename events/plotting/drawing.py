@@ -23,6 +23,12 @@ def grid(rows: int, cols: int, extra_width: float = 1.3, height: Optional[float]
     width = cols * _PANEL_SIZE[0] + extra_width
     figure = Figure(figsize=(width, height or rows * _PANEL_SIZE[1] + 0.5), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).reshape(rows, cols)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        # At most ~6 ticks per small panel: easier to read than 8-9, and ~20% less to draw.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     return figure, axes
 
 
