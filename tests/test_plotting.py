@@ -287,3 +287,13 @@ def test_korean_title_renders_with_the_cjk_font(tmp_path, recwarn):
     options = PlotOptions(title="학습 곡선", dpi=40)
     render_figures(plan_figures([table], options)[:1], [table], str(tmp_path), options)
     assert not [w for w in recwarn if "missing from" in str(w.message)]
+
+
+def test_compared_runs_get_one_validation_panel_per_metric_and_a_legend_of_runs():
+    first, second = relation_table(), relation_table()
+    first.label, second.label = "baseline", "speaq"
+    second.val["bbox/APs"] = Series(np.array([999.0]), np.array([np.nan]))  # never a number: no panel
+    specs = {spec.name: spec for spec in plan_figures([first, second], PlotOptions())}
+    figure = specs["validation"].build()
+    assert [ax.get_title() for ax in figure.axes] == ["bbox/AP", "SG/SGMeanRecall@50"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["baseline", "speaq"]

@@ -178,22 +178,25 @@ def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List
 
 
 def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: List[Tuple[str, List[str]]]) -> Any:
-    """Validation metrics over training, markers at each evaluation; the best point is starred."""
+    """Validation metrics over training, a marker at each evaluation. One table: a panel per
+    task, a colour per metric. Several: a panel per metric, a colour per run, one legend."""
     figure, axes, bottoms = panel_grid(len(panels))
     single = len(tables) == 1
-    for ax, (task, names) in zip(axes, panels):
+    for ax, (title, names) in zip(axes, panels):
         for position, name in enumerate(names):
-            short = name.rsplit("/", 1)[-1]
             for index, table in enumerate(tables):
                 series = table.val.get(name)
                 if series is None:
                     continue
-                color = RUN_COLORS[position % len(RUN_COLORS)] if single else run_color(index)
-                label = short if single else f"{run_label(table, index)}: {short}"
-                style = "-" if single else ["-", "--", ":", "-."][position % 4]
-                points(ax, table, series, options, color=color, label=label, style=style)
-        ax.set_title(task)
-        axis_legend(ax)
+                if single:
+                    points(ax, table, series, options, color=RUN_COLORS[position % len(RUN_COLORS)], label=name.rsplit("/", 1)[-1])
+                else:
+                    points(ax, table, series, options, color=run_color(index), label=run_label(table, index))
+        ax.set_title(title)
+        if single:
+            axis_legend(ax)
+    if not single:
+        outside_legend(figure, axes)
     return finish(figure, bottoms, tables, options, "validation")
 
 
@@ -282,9 +285,14 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     val_parts = parse_keys(val_names)
     metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
                and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
-    if metrics:
-        panels = _validation_panels(tables, metrics)
-        specs.append(FigureSpec("validation", lambda: validation_figure(tables, options, panels)))
+    metrics = [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+    if len(tables) == 1:
+        panel_chunks = [_validation_panels(tables, metrics)] if metrics else []
+    else:  # runs compared: a panel per metric, so that the legend only names runs
+        panel_chunks = _chunks([(name, [name]) for name in metrics], _PANELS_PER_FIGURE) if metrics else []
+    for number, panels in enumerate(panel_chunks):
+        name = "validation" + (f"_{number + 1}" if number else "")
+        specs.append(FigureSpec(name, _bind(validation_figure, tables, options, panels)))
     if any(_main_train_loss(t) for t in tables):
         specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options)))
     return specs
