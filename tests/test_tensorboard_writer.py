@@ -219,6 +219,9 @@ def test_dead_event_thread_raises_instead_of_blocking(tmp_path, monkeypatch):
         writer = TensorboardXWriter(str(tmp_path))
         storage.put_scalar("loss", 1.0)
         writer.write()
+        # Let the worker write iteration 0 before the disk "fills up"; otherwise it may die on
+        # that event already and the next write() raises one step early.
+        writer._writer.file_writer.flush()
 
         def disk_full(self, event):
             raise OSError(errno.ENOSPC, "No space left on device")
