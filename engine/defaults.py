@@ -73,6 +73,30 @@ def init_distributed_from_env() -> None:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
 
 
+RUN_MARKERS = ("metrics.json", "last_checkpoint", "log.txt", "train_history.json", "wandb_run.json")
+ARCHIVE_PREFIX = "archived-"
+
+
+def archive_previous_run(output_dir: str) -> Optional[str]:
+    """Move what an earlier run left in ``output_dir`` into ``output_dir/archived-<time>/``.
+
+    A fresh start (no ``--resume``) in a directory holding a run would otherwise append a second
+    run to metrics.json, put two overlapping event files side by side for TensorBoard and resume
+    the old W&B run. Nothing is deleted; ``tensorboard --logdir output_dir`` shows the archived
+    run as a run of its own. Returns the archive directory, or None when there was no run.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    entries = [e for e in os.listdir(output_dir) if not e.startswith(ARCHIVE_PREFIX)]
+    if not any(e in RUN_MARKERS or e.startswith("events.out.tfevents") for e in entries):
+        return None
+    archive = os.path.join(output_dir, f"{ARCHIVE_PREFIX}{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+    os.makedirs(archive)
+    for entry in entries:
+        os.replace(os.path.join(output_dir, entry), os.path.join(archive, entry))
+    return archive
+
+
 def seed_all(seed: int) -> int:
     """Seed python, numpy and torch; each rank gets ``seed + rank`` so their data differ.
 
@@ -88,17 +112,24 @@ def seed_all(seed: int) -> int:
     return seed
 
 
-def default_setup(output_dir: str, seed: int) -> logging.Logger:
-    """Create ``output_dir``, log to ``<output_dir>/log.txt`` (rank 0) and seed everything.
+def default_setup(output_dir: str, seed: int, resume: bool = False) -> logging.Logger:
+    """Create ``output_dir``, archive an earlier run there unless resuming, log to
+    ``<output_dir>/log.txt`` (rank 0) and seed everything.
 
     Fails with one line naming the directory when it cannot be created or written.
     """
     rank = comm.get_rank()
+    archived = None
     try:
-        os.makedirs(output_dir, exist_ok=True)
+        if rank == 0:
+            os.makedirs(output_dir, exist_ok=True)
+            archived = None if resume else archive_previous_run(output_dir)
+        comm.synchronize()  # other ranks open their log files only after the archive move
         root = setup_logger(output_dir, distributed_rank=rank)
     except OSError as e:
         raise SystemExit(f"error: cannot write to output directory {output_dir!r}: {e.strerror or e}") from None
+    if archived:
+        root.info("Fresh start: the earlier run in %s was moved to %s (use --resume to continue a run)", output_dir, archived)
     root.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
     root.info("Python %s, torch %s", sys.version.split()[0], torch.__version__)
     root.info("Using seed %d", seed_all(seed))

@@ -168,3 +168,20 @@ def test_torn_checkpoint_gives_one_clear_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match=r"cannot load checkpoint .*model_0000001\.pth"):
         Checkpointer(model, str(tmp_path)).load(str(bad))
+
+
+def test_fresh_start_archives_an_earlier_run_and_resume_does_not(tmp_path):
+    from engine.defaults import archive_previous_run
+
+    assert archive_previous_run(str(tmp_path / "missing")) is None
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert archive_previous_run(str(tmp_path)) is None
+    (tmp_path / "metrics.json").write_text('{"iteration": 1}\n')
+    (tmp_path / "events.out.tfevents.1.host").write_bytes(b"x")
+    archive = archive_previous_run(str(tmp_path))
+    assert archive is not None and sorted(p.name for p in tmp_path.iterdir()) == [archive.rsplit("/", 1)[-1]]
+    moved = {p.name: p.read_text() for p in (tmp_path / archive).iterdir() if p.suffix != ".host"}
+    assert moved == {"metrics.json": '{"iteration": 1}\n', "notes.txt": "not a run"}
+    (tmp_path / "log.txt").write_text("second run")
+    second = archive_previous_run(str(tmp_path))
+    assert second != archive and (tmp_path / archive / "metrics.json").exists()  # earlier archive kept

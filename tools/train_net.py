@@ -93,7 +93,7 @@ def build_trainer(cfg, args):
     init_distributed_from_env()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     output_dir = cfg.OUTPUT_DIR
-    default_setup(output_dir, cfg.SEED)
+    default_setup(output_dir, cfg.SEED, resume=args.resume)
     device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # The demo's tensors are tiny: one intra-op thread per process is ~10x faster than two
