@@ -125,14 +125,18 @@ def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[
 
 
 def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[str, Dict[str, str]]) -> Any:
-    """Real and synthetic curves of each loss on shared axes, with the overall curve in grey."""
+    """Real and synthetic curves of each loss on shared axes, with the loss term itself in grey.
+
+    The grey curve is what the optimizer saw: per-sample weighted (synthetic samples count
+    less) and, for classification, over every query including the unmatched (background) ones,
+    so it can sit below both split curves, which are plain means over matched samples."""
     figure, axes, bottoms = panel_grid(len(splits))
     single = len(tables) == 1
     styles = {"real": "-", "synthetic": "--"}
     for ax, (base, names) in zip(axes, splits.items()):
         for index, table in enumerate(tables):
             if single and base in table.train:
-                curve(ax, table, table.train[base], options, color="0.6", label="all samples", width=0.9)
+                curve(ax, table, table.train[base], options, color="0.6", label="loss term (as optimized)", width=0.9)
             for position, split in enumerate(SPLITS):
                 series = table.train.get(names[split])
                 if series is None:
