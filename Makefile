@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) tools/train_net.py --config-file configs/demo.yaml
-	$(PY) tools/vis_train_log.py --log-file outputs/demo/log.txt --output-dir outputs/demo/plots
+	$(PY) tools/vis_train_log.py --log-file outputs/demo/metrics.json --output-dir outputs/demo/plots
 
 test: setup
 	$(PY) -m pytest
