@@ -88,7 +88,7 @@ def test_histogram_counts_every_element_and_images_are_queued():
 
 
 def test_torch_tensors_are_accepted():
-    torch = pytest.importorskip("torch")
+    import torch
     with EventStorage() as storage:
         storage.put_scalar("loss", torch.tensor(2.0))
         storage.put_histogram("w", torch.ones(2, 5, requires_grad=True), bins=10)
@@ -114,7 +114,7 @@ def test_state_dict_round_trip_restores_windows_averages_and_iteration():
 
 
 def test_state_dict_is_loadable_with_torch_weights_only(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     with EventStorage() as storage:
         storage.put_scalars(loss=1.0, cur_iter=0)
         torch.save(storage.state_dict(), tmp_path / "s.pth")
