@@ -49,6 +49,11 @@ RELATION_BRANCHES = (
 )
 
 
+class NonFiniteCostError(FloatingPointError, ValueError):
+    """Predictions with NaN/Inf (diverged weights): no matching exists. A ``FloatingPointError``
+    like a non-finite loss, so a trainer stops on it the same way."""
+
+
 class _BranchSumMatcher(nn.Module):
     """Hungarian matching on the sum of DETR costs over ``branches``."""
 
@@ -83,7 +88,7 @@ class _BranchSumMatcher(nn.Module):
             return
         image = int((~finite).nonzero()[0, 0])
         keys = [key for key, ok in per_key.items() if not bool(ok[image])]
-        raise ValueError(
+        raise NonFiniteCostError(
             f"{type(self).__name__}: matching cost of image {image} is NaN: non-finite values in {', '.join(keys)}"
         )
 

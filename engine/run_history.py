@@ -2,7 +2,7 @@
 
 Each session of a run directory (the first start, every ``--resume``) appends one entry: when it
 started and ended, the command, the iteration it started from, how it ended (``completed``,
-``crashed``, ``non-finite loss``; ``running`` if the process was killed) and the final losses.
+``crashed``, ``non-finite values``; ``running`` if the process was killed) and the final losses.
 """
 from __future__ import annotations
 

@@ -148,7 +148,9 @@ last_time: 0.0498  data_time: 0.0012  last_data_time: 0.0011  lr: 0.0001  max_me
         iteration = storage.iter
         try:
             eta_seconds = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
-            storage.put_scalar("eta_seconds", eta_seconds, smoothing_hint=False)
+            # Recorded at the last timed (completed) iteration: after a crash mid-step, the
+            # storage's iteration is one no step finished, and no record should appear there.
+            storage.put_scalar("eta_seconds", eta_seconds, smoothing_hint=False, cur_iter=storage.latest()["time"][1])
             return str(datetime.timedelta(seconds=int(eta_seconds)))
         except KeyError:
             # No per-iteration "time" (no IterationTimer): estimate from the write cadence.

@@ -255,3 +255,23 @@ def test_unwritable_output_dir_is_one_clear_line(tmp_path):
     assert len(stderr) == 1, stderr
     assert stderr[0].startswith("error: ") and str(blocker / "out") in stderr[0]
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.slow
+def test_diverging_training_stops_with_one_line_and_keeps_what_was_written(tmp_path):
+    # A huge learning rate without clipping turns the weights into NaN after the first step:
+    # the next forward pass has no finite matching cost.
+    output_dir = tmp_path / "out"
+    code, stderr = run_failing(
+        tmp_path,
+        ["SOLVER.MAX_ITER", "20", "SOLVER.BASE_LR", "1e8", "SOLVER.WARMUP_ITERS", "0",
+         "SOLVER.CLIP_GRAD_NORM", "0.0", "TELEMETRY.WRITE_PERIOD", "1", "OUTPUT_DIR", output_dir],
+    )
+    assert code == 1
+    assert len(stderr) == 1, stderr
+    assert stderr[0].startswith("error: training stopped at iteration ") and "NaN" in stderr[0]
+    stopped_at = int(stderr[0].split("iteration ")[1].split(":")[0])
+    written = [r["iteration"] for r in read_metrics(output_dir / "metrics.json")]
+    assert written and max(written) < stopped_at  # the steps before are on disk, nothing after
+    history = json.loads((output_dir / "train_history.json").read_text())["sessions"][-1]
+    assert history["status"] == "non-finite values" and "NaN" in history["error"]

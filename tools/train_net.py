@@ -188,8 +188,8 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     except FloatingPointError as e:
         # Every rank raises at the same iteration; what was logged before is on disk.
         if history:
-            history.finish("non-finite loss", final_values(), error=str(e))
-        print(f"error: {e}", file=sys.stderr)
+            history.finish("non-finite values", final_values(), error=str(e))
+        print(f"error: training stopped at iteration {trainer.iter}: {e}", file=sys.stderr)
         return 1
     except BaseException as e:
         if history:
