@@ -3,6 +3,8 @@ validation points, legends outside the panels, titles, colours."""
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -13,15 +15,54 @@ from .options import PlotOptions
 from .smoothing import envelope, smooth, thin
 from .style import RUN_COLORS, matplotlib_figure
 
-_PANEL_SIZE = (3.6, 2.4)  # inches; at 300 DPI a panel is ~1080 x 720 pixels
+_PANEL_SIZE = (3.05, 1.8)  # inches of one panel's axes; at 300 DPI ~900 x 540 pixels
 _MAX_MARKERS = 60
+# Fixed margins in inches around and between panels, sized for the rcParams of style.base_rc
+# (7 pt tick labels of at most ~6 characters, 9 pt panel titles, a 10 pt figure title). A fixed
+# layout is computed, not searched for: matplotlib's constrained layout measures every tick
+# label of every panel several times and cost more than half of the drawing time.
+_LEFT, _RIGHT, _TOP, _BOTTOM = 0.55, 0.15, 0.6, 0.45
+_COLUMN_GAP, _ROW_GAP = 0.6, 0.6
+_LEGEND_GAP = 0.1
 
 
-def grid(rows: int, cols: int, extra_width: float = 1.3, height: Optional[float] = None) -> Tuple[Any, np.ndarray]:
-    """A figure of ``rows x cols`` panels, laid out by matplotlib's constrained layout (no overlaps)."""
+@dataclass
+class _Layout:
+    """A figure's panel grid in inches; the right margin grows to hold legends (``fit_legends``)."""
+
+    rows: int
+    cols: int
+    panel: Tuple[float, float]
+    right: float = _RIGHT
+
+    def size(self) -> Tuple[float, float]:
+        width = _LEFT + self.cols * self.panel[0] + (self.cols - 1) * _COLUMN_GAP + self.right
+        height = _TOP + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + _BOTTOM
+        return width, height
+
+    def apply(self, figure: Any) -> None:
+        width, height = self.size()
+        figure.set_size_inches(width, height)
+        figure.subplots_adjust(left=_LEFT / width, right=1 - self.right / width, bottom=_BOTTOM / height,
+                               top=1 - _TOP / height, wspace=_COLUMN_GAP / self.panel[0], hspace=_ROW_GAP / self.panel[1])
+
+    def panels_right(self) -> float:
+        """Inches from the figure's left edge to the right edge of the last column."""
+        return _LEFT + self.cols * self.panel[0] + (self.cols - 1) * _COLUMN_GAP
+
+
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, _Layout]" = weakref.WeakKeyDictionary()
+
+
+def grid(rows: int, cols: int, panel_width: Optional[float] = None, panel_height: Optional[float] = None) -> Tuple[Any, np.ndarray]:
+    """A figure of ``rows x cols`` panels (``panel_width x panel_height`` inches each, default
+    ``_PANEL_SIZE``) in a fixed layout (see ``_LEFT``...); legends added later go to the right of
+    the panels, where ``finish`` makes room for them."""
     Figure = matplotlib_figure()
-    width = cols * _PANEL_SIZE[0] + extra_width
-    figure = Figure(figsize=(width, height or rows * _PANEL_SIZE[1] + 0.5), layout="constrained")
+    layout = _Layout(rows, cols, (panel_width or _PANEL_SIZE[0], panel_height or _PANEL_SIZE[1]))
+    figure = Figure(figsize=layout.size())
+    _LAYOUTS[figure] = layout
+    layout.apply(figure)
     axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).reshape(rows, cols)
     from matplotlib.ticker import MaxNLocator
 
@@ -86,15 +127,32 @@ def loss_axis(ax: Any, options: PlotOptions) -> None:
 
 
 def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str) -> Any:
-    """Title the figure and put the x label under ``bottoms`` (the lowest panel of each column)."""
+    """Title the figure, put the x label under ``bottoms`` (the lowest panel of each column) and
+    widen the figure's right margin to hold its legends."""
     label = short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
     head = f"{options.title} — " if options.title else ""
-    figure.suptitle(f"{head}{what} — {label}", fontsize=10)
+    height = figure.get_size_inches()[1]
+    figure.suptitle(f"{head}{what} — {label}", fontsize=10, y=1 - 0.1 / height, va="top")
     for ax in bottoms:
         ax.set_xlabel(tables[0].x_label(options.x))
     for ax in figure.axes:
         _thousands(ax)
+    _fit_legends(figure)
     return figure
+
+
+def _fit_legends(figure: Any) -> None:
+    """Grow the right margin to the widest legend (each measured once, at the drawing DPI)."""
+    legends = list(figure.legends) + [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    if not legends:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    layout = _LAYOUTS[figure]
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    right_edge = max(legend.get_window_extent(renderer).x1 for legend in legends) / figure.dpi
+    layout.right = max(_RIGHT, right_edge - layout.panels_right() + _LEGEND_GAP)
+    layout.apply(figure)
 
 
 def _thousands(ax: Any) -> None:
@@ -106,18 +164,23 @@ def _thousands(ax: Any) -> None:
 
 
 def outside_legend(figure: Any, axes: Sequence[Any]) -> None:
-    """One legend for the figure, outside the panels (right), de-duplicated by label."""
+    """One legend for the figure, right of the panels at the top, de-duplicated by label."""
     handles: Dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        figure.legend(list(handles.values()), list(handles), loc="outside right upper")
+        layout = _LAYOUTS[figure]
+        # Anchored in inches from the bottom left: it stays put when the figure is widened.
+        anchor = (layout.panels_right() + _LEGEND_GAP, layout.size()[1] - _TOP)
+        figure.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=anchor,
+                      bbox_transform=figure.dpi_scale_trans, borderaxespad=0.0)
 
 
 def axis_legend(ax: Any) -> None:
+    """The panel's legend right of it (the figure's right margin is reserved for it)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def layer_colors(count: int) -> List[Any]:

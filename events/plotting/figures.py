@@ -56,7 +56,7 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
     timing = [n for n in ("time", "data_time") if any(n in t.train for t in tables)]
     if timing:
         rows.append(("seconds per iteration", timing))
-    figure, axes = grid(len(rows), 1, extra_width=2.6, height=2.2 * len(rows) + 0.6)
+    figure, axes = grid(len(rows), 1, panel_height=1.6)
     flat = list(axes.flat)
     single = len(tables) == 1
     for ax, (title, names) in zip(flat, rows):
@@ -225,7 +225,7 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
     pairs = _train_val_pairs(tables)
     if not pairs:
         main = _main_train_loss(tables[0])
-        figure, axes = grid(1, 1, extra_width=2.4, height=3.2)
+        figure, axes = grid(1, 1, panel_width=4.2, panel_height=2.4)
         ax = axes[0, 0]
         for index, table in enumerate(tables):
             name = _main_train_loss(table) if main is None else main
@@ -237,7 +237,7 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
         loss_axis(ax, options)
         axis_legend(ax)
         return finish(figure, [ax], tables, options, "train vs validation loss")
-    figure, axes = grid(2, len(pairs), extra_width=2.4, height=4.6)
+    figure, axes = grid(2, len(pairs), panel_width=4.2 if len(pairs) == 1 else None, panel_height=1.7)
     for column, name in enumerate(pairs):
         top, bottom = axes[0, column], axes[1, column]
         for index, table in enumerate(tables):
