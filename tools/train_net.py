@@ -90,11 +90,18 @@ def main(args) -> int:
 def build_trainer(cfg, args):
     """Model, criterion, data, optimizer, checkpoint state and hooks, in the order they depend
     on each other. Returns (trainer, start iteration, whether a checkpoint was resumed)."""
+    try:
+        device = torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError as e:
+        raise ConfigError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} is not a torch device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but torch sees no CUDA device; use MODEL.DEVICE cpu")
     init_distributed_from_env()
     rank, world_size = comm.get_rank(), comm.get_world_size()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", comm.get_local_rank())  # one GPU per torchrun process
     output_dir = cfg.OUTPUT_DIR
     default_setup(output_dir, cfg.SEED, resume=args.resume)
-    device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # The demo's tensors are tiny: one intra-op thread per process is ~10x faster than two
         # on a busy 2-core machine (threads spin-wait for each other). OMP_NUM_THREADS overrides.
