@@ -131,16 +131,20 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(f"no series match --keys {' '.join(args.keys)}")
     _check_x_axis(tables, args.x)
 
-    summaries = [summarize(table, smooth) for table in tables]
-    for run_summary in summaries:
-        print(format_summary(run_summary))
-    csv_path, md_path = write_summary(summaries, args.output_dir)
-
     options = PlotOptions(x=args.x, smooth=smooth, log_scale=args.log_scale, title=args.title, dpi=args.dpi, fmt=args.format)
     specs = plan_figures(tables, options)
     if args.quick:
         specs = [spec for spec in specs if spec.name in _QUICK_FIGURES]
-    written = render_figures(specs, tables, args.output_dir, options, jobs=jobs, notify=print)
+    summary_files: List[str] = []
+
+    def summarize_runs() -> None:  # runs while the figures are drawn in other processes
+        summaries = [summarize(table, smooth) for table in tables]
+        for run_summary in summaries:
+            print(format_summary(run_summary), flush=True)
+        summary_files.extend(write_summary(summaries, args.output_dir))
+
+    written = render_figures(specs, tables, args.output_dir, options, jobs=jobs, notify=print, meanwhile=summarize_runs)
+    csv_path, md_path = summary_files
     names = ", ".join(os.path.basename(path) for path in written)
     print(f"wrote {len(written)} figure(s) to {args.output_dir}/: {names}")
     print(f"summary: {csv_path}, {md_path} ({time.perf_counter() - started:.1f}s)")

@@ -12,7 +12,7 @@ import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from events.readers.table import LogTable
 
@@ -69,11 +69,14 @@ def _render_slice(indices: Sequence[int]) -> List[str]:
 
 
 def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_dir: str, options: PlotOptions,
-                   jobs: int = 1, notify: Callable[[str], None] = _LOGGER.warning) -> List[str]:
+                   jobs: int = 1, notify: Callable[[str], None] = _LOGGER.warning,
+                   meanwhile: Optional[Callable[[], None]] = None) -> List[str]:
     """Build and save every figure of ``specs`` into ``out_dir``; returns the paths written.
 
     ``jobs`` > 1 renders in that many forked processes where fork exists (Linux, macOS).
-    ``notify`` receives the note about missing CJK fonts, if any.
+    ``notify`` receives the note about missing CJK fonts, if any. ``meanwhile`` is called in
+    this process while the workers render (with one job: before rendering), so that other work
+    (the command line's summary numbers) overlaps the drawing.
     """
     if options.fmt not in FIGURE_FORMATS:
         raise ValueError(f"unknown figure format {options.fmt!r}; use one of {', '.join(FIGURE_FORMATS)}")
@@ -89,11 +92,16 @@ def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_
         slices = [list(range(k, len(specs), jobs)) for k in range(jobs)]
         try:
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                done = dict(zip(map(tuple, slices), pool.map(_render_slice, slices, chunksize=1)))
+                rendering = pool.map_async(_render_slice, slices, chunksize=1)
+                if meanwhile is not None:
+                    meanwhile()
+                done = dict(zip(map(tuple, slices), rendering.get()))
         finally:
             _JOB.clear()
         by_index = {i: path for indices, paths in done.items() for i, path in zip(indices, paths)}
         return [by_index[i] for i in range(len(specs))]
+    if meanwhile is not None:
+        meanwhile()
     with context:
         return _render_sequentially(specs, out_dir, options)
 
