@@ -34,9 +34,10 @@ class _Layout:
     cols: int
     panel: Tuple[float, float]
     right: float = _RIGHT
+    column_gap: float = _COLUMN_GAP
 
     def size(self) -> Tuple[float, float]:
-        width = _LEFT + self.cols * self.panel[0] + (self.cols - 1) * _COLUMN_GAP + self.right
+        width = self.panels_right() + self.right
         height = _TOP + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + _BOTTOM
         return width, height
 
@@ -44,11 +45,11 @@ class _Layout:
         width, height = self.size()
         figure.set_size_inches(width, height)
         figure.subplots_adjust(left=_LEFT / width, right=1 - self.right / width, bottom=_BOTTOM / height,
-                               top=1 - _TOP / height, wspace=_COLUMN_GAP / self.panel[0], hspace=_ROW_GAP / self.panel[1])
+                               top=1 - _TOP / height, wspace=self.column_gap / self.panel[0], hspace=_ROW_GAP / self.panel[1])
 
     def panels_right(self) -> float:
         """Inches from the figure's left edge to the right edge of the last column."""
-        return _LEFT + self.cols * self.panel[0] + (self.cols - 1) * _COLUMN_GAP
+        return _LEFT + self.cols * self.panel[0] + (self.cols - 1) * self.column_gap
 
 
 _LAYOUTS: "weakref.WeakKeyDictionary[Any, _Layout]" = weakref.WeakKeyDictionary()
@@ -142,17 +143,29 @@ def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], opti
 
 
 def _fit_legends(figure: Any) -> None:
-    """Grow the right margin to the widest legend (each measured once, at the drawing DPI)."""
-    legends = list(figure.legends) + [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
-    if not legends:
+    """Widen the right margin to the widest legend there, and the gaps between columns to the
+    widest panel legend beside a panel (each legend measured once, at the drawing DPI)."""
+    figure_legends = list(figure.legends)
+    panel_legends = [(ax, ax.get_legend()) for ax in figure.axes if ax.get_legend() is not None]
+    if not figure_legends and not panel_legends:
         return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     layout = _LAYOUTS[figure]
     renderer = FigureCanvasAgg(figure).get_renderer()
-    right_edge = max(legend.get_window_extent(renderer).x1 for legend in legends) / figure.dpi
-    layout.right = max(_RIGHT, right_edge - layout.panels_right() + _LEGEND_GAP)
+    width = figure.get_size_inches()[0]
+    right_of_panels = [legend.get_window_extent(renderer).x1 / figure.dpi - layout.panels_right() for legend in figure_legends]
+    beside_panel = [0.0]
+    for ax, legend in panel_legends:
+        overhang = legend.get_window_extent(renderer).x1 / figure.dpi - ax.get_position().x1 * width
+        last_column = ax.get_subplotspec().colspan.stop == layout.cols
+        (right_of_panels if last_column else beside_panel).append(overhang)
+    # The next column's tick labels need their own room (_LEFT) after a legend between columns.
+    layout.column_gap = max(_COLUMN_GAP, max(beside_panel) + _LEGEND_GAP + _LEFT)
+    layout.right = max([_RIGHT] + [overhang + _LEGEND_GAP for overhang in right_of_panels])
     layout.apply(figure)
+    for legend in figure_legends:  # anchored in inches at the old right edge of the panels
+        legend.set_bbox_to_anchor((layout.panels_right() + _LEGEND_GAP, layout.size()[1] - _TOP), transform=figure.dpi_scale_trans)
 
 
 def _thousands(ax: Any) -> None:
