@@ -162,12 +162,7 @@ def build_trainer(cfg, args):
         [
             IterationTimer(),
             LRScheduler(scheduler=scheduler),
-            ParameterMonitor(
-                log_grad_norm=telemetry.LOG_GRAD_NORM,
-                histogram_period=telemetry.HISTOGRAM_PERIOD,
-                deferred=telemetry.DEFERRED_REDUCTION,
-                period=telemetry.WRITE_PERIOD,
-            ),
+            ParameterMonitor.from_config(cfg),
             GradientClipper(cfg.SOLVER.CLIP_GRAD_NORM) if cfg.SOLVER.CLIP_GRAD_NORM > 0 else None,
             EvalHook(cfg.TEST.EVAL_PERIOD, validation),
             PeriodicWriter(writers, period=telemetry.WRITE_PERIOD),
