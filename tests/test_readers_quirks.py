@@ -297,21 +297,52 @@ def test_missing_file_and_folder_without_logs(tmp_path):
         read_log(str(tmp_path))
 
 
-def test_parallel_decoding_gives_the_same_table(monkeypatch):
-    import os
-
-    from events.readers import parallel
-
-    path = os.path.join(os.path.dirname(__file__), "fixtures", "real-logs", "d2-metrics__BUAAZhangHaonan__mgm_mask2former.json")
-    serial = read_runs(path)
-    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
-    forked = read_runs(path, jobs=3)
-    assert [t.run for t in forked] == [t.run for t in serial]
-    for a, b in zip(serial, forked):
+def _same_tables(a_runs, b_runs):
+    assert [t.run for t in a_runs] == [t.run for t in b_runs]
+    for a, b in zip(a_runs, b_runs):
         assert a.train.keys() == b.train.keys() and a.val.keys() == b.val.keys()
+        assert a.eval_records == b.eval_records
         for name in a.train:
             assert a.train[name].steps.tolist() == b.train[name].steps.tolist()
             assert a.train[name].values.tobytes() == b.train[name].values.tobytes()
+        for name in a.val:
+            assert a.val[name].values.tobytes() == b.val[name].values.tobytes()
+
+
+REAL_METRICS = "d2-metrics__BUAAZhangHaonan__mgm_mask2former.json"
+
+
+@pytest.mark.parametrize("piece_bytes, jobs", [(700, 1), (1 << 20, 3), (333, 3)])
+def test_pieces_and_processes_give_the_same_table(monkeypatch, piece_bytes, jobs):
+    """A metrics.json is decoded a few MB at a time, and by several processes when big: pieces
+    smaller than a line (333 bytes) and ranges cut anywhere must not change the table."""
+    import os
+
+    from events.readers import streaming
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "real-logs", REAL_METRICS)
+    whole = read_runs(path)
+    monkeypatch.setattr(streaming, "PIECE_BYTES", piece_bytes)
+    monkeypatch.setattr(streaming, "PARALLEL_MIN_BYTES", 0)
+    _same_tables(whole, read_runs(path, jobs=jobs))
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_skipped_lines_keep_their_line_numbers_across_pieces_and_processes(tmp_path, monkeypatch, jobs):
+    from events.readers import streaming
+
+    lines = [json.dumps({"iteration": i, "total_loss": 1.0 / (i + 1)}) for i in range(400)]
+    for number in (57, 203, 388):  # 1-based line numbers of the damage
+        lines[number - 1] = "garbage that is no JSON at all"
+    path = write(tmp_path, "metrics.json", "\r\n".join(lines))  # CRLF, no final newline
+    monkeypatch.setattr(streaming, "PIECE_BYTES", 1000)
+    monkeypatch.setattr(streaming, "PARALLEL_MIN_BYTES", 0)
+    table = read_log(path, jobs=jobs)
+    assert table.skipped.lines == 3
+    assert [line for line, _ in table.skipped.examples] == [57, 203, 388]
+    loss = table.train["total_loss"]
+    assert len(loss) == 397 and loss.steps[-1] == 399 and loss.value_at(399) == 1.0 / 400
+    assert table.run.first_line == 1
 
 
 def test_standard_library_json_decodes_the_same_as_orjson(monkeypatch):

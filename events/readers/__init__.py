@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 from contextlib import contextmanager
-from typing import Iterator, List, Union
+from typing import Iterator, List, Tuple, Union
 
 from .assemble import Collected, assemble_runs
 from .csv_metrics import collect_csv
@@ -22,7 +22,7 @@ from .detectron2_log import collect_detectron2_log
 from .discover import LogFile, best_log_in, find_logs, log_label
 from .json_formats import JSON_FORMATS, collect_json, stepped_key
 from .json_lines import decode_json_lines
-from .parallel import can_parallelize, collect_json_parallel
+from .streaming import STREAMED_FORMATS, collect_stepped_file
 from .table import X_AXES, LogTable, RunInfo, Series, SkippedLines
 from .tensorboard_events import TensorBoardMissing, read_tensorboard
 
@@ -70,20 +70,30 @@ def _resolve(path: str) -> str:
     return path
 
 
-def _read_bytes(path: str) -> bytes:
+_HEAD_BYTES = 1 << 20
+
+
+def _read_head(path: str) -> Tuple[bytes, int]:
+    """``(the first MiB and a byte, the file's size)``: enough to tell the format."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(_HEAD_BYTES + 1)
     except OSError as error:
         raise LogReadError(f"{path}: cannot read: {error.strerror or error}") from None
-    if not data or data.isspace():
+    if not head or (len(head) <= _HEAD_BYTES and head.isspace()):
         raise LogReadError(f"{path}: the file is empty")
-    return data
+    return head, max(size, len(head))
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a big log becomes 100k dicts: none of them forms a cycle, and
+    """Pause the cyclic GC while a log becomes dicts: none of them forms a cycle, and
     collections triggered by their allocation would walk all the others (~15% of decode time)."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -94,13 +104,13 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _collect(data: bytes, fmt: str, skipped: SkippedLines, jobs: int) -> Collected:
+def _collect(path: str, head: bytes, size: int, fmt: str, skipped: SkippedLines, jobs: int) -> Collected:
+    if fmt in STREAMED_FORMATS:
+        step_key = stepped_key(fmt, decode_json_lines(head, SkippedLines())[1])
+        if step_key is not None:
+            return collect_stepped_file(path, size, step_key, skipped, jobs=jobs)
+    data = head if len(head) <= _HEAD_BYTES else _read_bytes(path)  # a short head is the whole file
     if fmt in JSON_FORMATS:
-        if can_parallelize(fmt, len(data), jobs):
-            head = decode_json_lines(data[: 1 << 20], SkippedLines())[1]
-            step_key = stepped_key(fmt, head)
-            if step_key is not None:
-                return collect_json_parallel(data, step_key, jobs, skipped)
         numbers, records = decode_json_lines(data, skipped)
         return collect_json(fmt, numbers, records, skipped)
     lines = data.decode("utf-8", errors="replace").split("\n")
@@ -119,19 +129,21 @@ def read_runs(path: Union[str, "os.PathLike[str]"], jobs: int = 1) -> List[LogTa
     path = _resolve(given)
     skipped = SkippedLines()
     if os.path.isdir(path):
-        fmt, data = "tensorboard", b""
+        fmt, head, size = "tensorboard", b"", 0
     else:
-        data = _read_bytes(path)
-        fmt = sniff_format(data)
+        head, size = _read_head(path)
+        fmt = sniff_format(head)
     try:
         if fmt == "tensorboard":
             tables = read_tensorboard(path, skipped)
         else:
             with _gc_paused():
-                collected = _collect(data, fmt, skipped, jobs)
+                collected = _collect(path, head, size, fmt, skipped, jobs)
             tables = assemble_runs(collected, path, fmt, skipped)
     except TensorBoardMissing as error:
         raise LogReadError(f"{path}: {error}") from None
+    except OSError as error:  # e.g. the file was removed while being read
+        raise LogReadError(f"{path}: cannot read: {error.strerror or error}") from None
     if not tables:
         detail = f"; {skipped.summary(path)}" if skipped.summary(path) else ""
         raise LogReadError(f"{path}: no training records found (read as {_FORMAT_NAMES[fmt]}){detail}")

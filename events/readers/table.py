@@ -69,11 +69,13 @@ class SkippedLines:
         if len(self.examples) < self.max_examples:
             self.examples.append((line_number, reason))
 
-    def merge(self, other: "SkippedLines") -> None:
-        """Add what ``other`` (another piece of the same file) skipped."""
+    def merge(self, other: "SkippedLines", line_offset: int = 0) -> None:
+        """Add what ``other`` skipped in another piece of the same file, whose line numbers are
+        ``line_offset`` lower than the file's."""
         self.lines += other.lines
         self.values += other.values
-        self.examples = sorted(self.examples + other.examples)[: self.max_examples]
+        shifted = [(line + line_offset, reason) for line, reason in other.examples]
+        self.examples = sorted(self.examples + shifted)[: self.max_examples]
 
     def summary(self, source: str) -> Optional[str]:
         """One line saying what was skipped in ``source``, or None when nothing was."""
