@@ -106,12 +106,12 @@ def _gc_paused() -> Iterator[None]:
 
 def _collect(path: str, head: bytes, size: int, fmt: str, skipped: SkippedLines, jobs: int) -> Collected:
     if fmt in STREAMED_FORMATS:
-        step_key = stepped_key(fmt, decode_json_lines(head, SkippedLines())[1])
+        step_key = stepped_key(fmt, decode_json_lines(head, SkippedLines()).records)
         if step_key is not None:
             return collect_stepped_file(path, size, step_key, skipped, jobs=jobs)
     data = head if len(head) <= _HEAD_BYTES else _read_bytes(path)  # a short head is the whole file
     if fmt in JSON_FORMATS:
-        numbers, records = decode_json_lines(data, skipped)
+        numbers, records, _ = decode_json_lines(data, skipped)
         return collect_json(fmt, numbers, records, skipped)
     lines = data.decode("utf-8", errors="replace").split("\n")
     return collect_csv(lines, skipped) if fmt == "csv" else collect_detectron2_log(lines, skipped)

@@ -300,11 +300,13 @@ def assemble_runs(collected: Collected, source: str, fmt: str, skipped: SkippedL
             if not rows.any():
                 continue
             block_steps = collected.steps[block.first: block.first + block.values.shape[0]][rows]
+            # Select the rows once per block (usually all of them: a view), not once per column.
+            block_values = block.values if rows.all() else block.values[rows]
             for column, name in enumerate(block.names):
                 kind, display = names[name]
                 if kind == META:
                     continue
-                parts.setdefault((kind, display), []).append((block_steps, block.values[rows, column]))
+                parts.setdefault((kind, display), []).append((block_steps, block_values[:, column]))
         groups: Dict[str, Dict[str, Series]] = {TRAIN: {}, VAL: {}, AXIS: {}}
         for (kind, display), pieces in parts.items():
             steps = np.concatenate([p[0] for p in pieces])

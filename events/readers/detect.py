@@ -45,7 +45,7 @@ def sniff_format(data: bytes) -> str:
         return TEXT_FORMAT
     json_like = sum(line.startswith("{") for line in lines)
     if json_like and json_like >= len(lines) / 2:
-        records = decode_json_lines(head, SkippedLines())[1][:50]
+        records = decode_json_lines(head, SkippedLines()).records[:50]
         if records:
             return detect_json_format(records)
     if looks_like_csv_header(lines[0], lines[1] if len(lines) > 1 else None):

@@ -8,11 +8,11 @@ the ``{``, garbage after the ``}``, or two records glued together when a crash l
 from __future__ import annotations
 
 import json
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 from .table import SkippedLines
 
-__all__ = ["decode_json_lines", "fast_loads", "Record"]
+__all__ = ["decode_json_lines", "DecodedLines", "fast_loads", "Record"]
 
 try:  # optional speed-up, see the module docstring
     import orjson
@@ -49,15 +49,28 @@ def _without_nulls(record: Record) -> Record:
     return {name: value for name, value in record.items() if value is not None}
 
 
-def decode_json_lines(data: bytes, skipped: SkippedLines, first_line: int = 1) -> Tuple[List[int], List[Record]]:
-    """``(line numbers, records)``: every JSON object in ``data``; unreadable lines go to ``skipped``.
+class DecodedLines(NamedTuple):
+    """What ``decode_json_lines`` found in a piece of a file."""
+
+    numbers: List[int]  # the line number of each record
+    records: List[Record]
+    lines: int  # lines in the piece (its newlines, plus one for an unterminated last line)
+
+
+def decode_json_lines(data: bytes, skipped: SkippedLines, first_line: int = 1, drop_nulls: bool = True) -> DecodedLines:
+    """Every JSON object in ``data``, with its line number; unreadable lines go to ``skipped``.
 
     Blank lines are ignored; a line holding a JSON value that is not an object counts as
-    unreadable. ``first_line`` is the number of ``data``'s first line (for chunks of a file).
+    unreadable. ``first_line`` is the number of ``data``'s first line (for pieces of a file).
+    JSON null means "nothing logged": with ``drop_nulls`` those keys are removed; a caller
+    whose records go straight to a ``RecordCollector`` (which drops every non-number) passes
+    False and saves a scan of the data.
     """
     numbers: List[int] = []
     records: List[Record] = []
-    for number, line in enumerate(data.split(b"\n"), start=first_line):
+    may_hold_nulls = drop_nulls and b"null" in data  # one scan of the whole piece, not one per line
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=first_line):
         try:
             record = fast_loads(line)
         except _FAST_ERRORS:
@@ -72,13 +85,13 @@ def decode_json_lines(data: bytes, skipped: SkippedLines, first_line: int = 1) -
                     skipped.add_line(number, "not a JSON object")
                 for piece in salvaged:
                     numbers.append(number)
-                    records.append(_without_nulls(piece) if None in piece.values() else piece)
+                    records.append(_without_nulls(piece) if drop_nulls and None in piece.values() else piece)
                 continue
         if type(record) is not dict:
             skipped.add_line(number, "not a JSON object")
             continue
-        if b"null" in line:
+        if may_hold_nulls and b"null" in line:
             record = _without_nulls(record)
         numbers.append(number)
         records.append(record)
-    return numbers, records
+    return DecodedLines(numbers, records, len(lines) - (lines[-1] == b""))

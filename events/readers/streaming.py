@@ -28,29 +28,24 @@ _ALIGN_READ = 1 << 16
 
 
 def line_pieces(path: str, start: int, end: int, piece_bytes: int = 0) -> Iterator[bytes]:
-    """Bytes ``[start, end)`` of the file at ``path`` in pieces that end at a newline.
+    """Bytes ``[start, end)`` of the file at ``path`` in pieces of about ``piece_bytes`` that end
+    at a newline (the last one at ``end``, with or without a newline).
 
-    ``start`` must begin a line. A line longer than a piece makes that piece longer; the last
-    piece ends at ``end``, with or without a newline.
+    ``start`` must begin a line and ``end`` end one (or the file). A piece that stops inside a
+    line is completed by ``readline``, so a line longer than a piece makes that piece longer.
     """
     piece_bytes = piece_bytes or PIECE_BYTES
     with open(path, "rb") as handle:
         handle.seek(start)
         remaining = end - start
-        carry = b""
         while remaining > 0:
-            block = handle.read(min(piece_bytes, remaining))
-            if not block:  # the file shrank while we read it
-                break
-            remaining -= len(block)
-            cut = block.rfind(b"\n") + 1
-            if cut == 0:
-                carry += block
-                continue
-            yield carry + block[:cut] if carry else block[:cut]
-            carry = block[cut:]
-        if carry:
-            yield carry
+            piece = handle.read(min(piece_bytes, remaining))
+            if not piece:  # the file shrank while we read it
+                return
+            if len(piece) < remaining and not piece.endswith(b"\n"):
+                piece += handle.readline(remaining - len(piece))
+            remaining -= len(piece)
+            yield piece
 
 
 def _line_aligned_ranges(path: str, size: int, parts: int) -> List[Tuple[int, int]]:
@@ -76,14 +71,14 @@ def _line_aligned_ranges(path: str, size: int, parts: int) -> List[Tuple[int, in
 
 def _collect_range(path: str, start: int, end: int, step_key: str, step_unit: str) -> Tuple[Collected, SkippedLines, int]:
     """``(collected, skipped, lines)`` of one byte range; line numbers count from the range's
-    first line as 1 (``lines`` is how many newlines the range holds, for the caller to shift)."""
+    first line as 1 (``lines`` is how many lines the range holds, for the caller to shift)."""
     skipped = SkippedLines()
     collector = RecordCollector()
     first_line = 1
     for piece in line_pieces(path, start, end):
-        numbers, records = decode_json_lines(piece, skipped, first_line)
-        collect_stepped(numbers, records, step_key, skipped, collector)
-        first_line += piece.count(b"\n")
+        decoded = decode_json_lines(piece, skipped, first_line, drop_nulls=False)
+        collect_stepped(decoded.numbers, decoded.records, step_key, skipped, collector)
+        first_line += decoded.lines
     return collector.finish(step_unit=step_unit), skipped, first_line - 1
 
 
