@@ -10,7 +10,7 @@ from events.plotting.families import loss_family, parse_keys
 from events.plotting.figures import family_figure, train_val_figure
 from events.plotting.smoothing import ema_debiased, envelope, rolling_mean, smooth, thin
 from events.plotting.style import font_settings
-from events.plotting.summary import count_spikes, write_summary
+from events.plotting.summary import count_spikes, rolling_median9, write_summary
 from events.readers import LogTable, RunInfo, Series, SkippedLines, read_log
 
 REAL = os.path.join(os.path.dirname(__file__), "fixtures", "real-logs")
@@ -131,6 +131,14 @@ def test_converged_when_the_last_window_is_flat():
     steps = np.arange(100.0)
     table = table_of({"loss": (steps, 1.0 + 0.001 * np.sin(steps))})
     assert summarize(table).keys[0].converged is True
+
+
+@pytest.mark.parametrize("count, distinct", [(1, 5), (7, 3), (9, 2), (50, 4), (1000, 1000)])
+def test_rolling_median9_is_the_median_of_each_edge_padded_window(count, distinct):
+    values = np.random.default_rng(count).integers(0, distinct, size=count).astype(float)  # ties too
+    padded = np.concatenate([np.repeat(values[0], 4), values, np.repeat(values[-1], 4)])
+    expected = [float(np.median(padded[i: i + 9])) for i in range(count)]
+    assert rolling_median9(values).tolist() == expected
 
 
 def test_spikes_beyond_k_mads_of_the_running_median():
