@@ -139,3 +139,52 @@ def test_the_script_runs_without_torch_and_renders_in_worker_processes(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "wrote 2 figure(s)" in result.stdout
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".png")) == ["overview.png", "train_vs_val.png"]
+
+
+def test_worker_processes_render_every_figure_as_one_process_does(tmp_path):
+    """Figures are handed out heaviest first to whichever worker is free; the paths come back in
+    the planned order and the pictures are the same as drawn by one process."""
+    from PIL import Image, ImageChops
+
+    from events.plotting import PlotOptions, plan_figures, render_figures
+    from events.readers import read_log
+
+    table = read_log(os.path.join(REAL, "d2-metrics__BUAAZhangHaonan__mgm_mask2former.json"))
+    options = PlotOptions(dpi=40)
+    specs = plan_figures([table], options)
+    assert len(specs) >= 4 and len({spec.panels for spec in specs}) > 1
+    one = render_figures(specs, [table], str(tmp_path / "one"), options, jobs=1)
+    three = render_figures(specs, [table], str(tmp_path / "three"), options, jobs=3)
+    assert [os.path.basename(p) for p in one] == [os.path.basename(p) for p in three] == [f"{s.name}.png" for s in specs]
+    for a, b in zip(one, three):
+        with Image.open(a) as left, Image.open(b) as right:
+            assert ImageChops.difference(left.convert("RGB"), right.convert("RGB")).getbbox() is None, b
+
+
+def test_default_jobs_counts_idle_cpus_now(monkeypatch):
+    from events.plotting import render
+
+    cpus = len(os.sched_getaffinity(0))
+    samples = iter([3, 1, 2, 1])  # a short-lived task in one sample is no CPU hog
+    monkeypatch.setattr(render, "_runnable_now", lambda: next(samples))
+    assert render.default_jobs() == max(1, min(4, cpus))
+    monkeypatch.setattr(render, "_runnable_now", lambda: cpus + 5)  # every CPU busy elsewhere
+    assert render.default_jobs() == 1
+    monkeypatch.setattr(render, "_runnable_now", lambda: None)  # no /proc/stat: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus - 1.0, 0.0, 0.0))
+    assert render.default_jobs() == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="procs_running is read from Linux's /proc/stat")
+def test_a_cpu_bound_process_elsewhere_is_seen_at_once():
+    from events.plotting import render
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # the interpreter has started and spins
+        assert render._busy_elsewhere() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -273,19 +273,19 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     groups = group_keys(train_names)
     specs: List[FigureSpec] = []
     if groups.total or "lr" in train_names or "time" in train_names:
-        specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total)))
+        specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total), panels=3))
     for family, bases in groups.loss_families.items():
         chunks = _chunks(list(bases.items()), _PANELS_PER_FIGURE)
         for number, chunk in enumerate(chunks):
             name = f"losses_{family}" + (f"_{number + 1}" if number else "")
             what = "losses" if family == "loss" else f"{family} losses"
-            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), what, True)))
+            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), what, True), len(chunk)))
     for number, chunk in enumerate(_chunks(list(groups.other_bases.items()), _PANELS_PER_FIGURE)):
         if chunk:
             name = "metrics" + (f"_{number + 1}" if number else "")
-            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), "other training scalars", False)))
+            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), "other training scalars", False), len(chunk)))
     if groups.split_bases:
-        specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases)))
+        specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases), len(groups.split_bases)))
     val_parts = parse_keys(val_names)
     metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
                and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
@@ -296,9 +296,9 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
         panel_chunks = _chunks([(name, [name]) for name in metrics], _PANELS_PER_FIGURE) if metrics else []
     for number, panels in enumerate(panel_chunks):
         name = "validation" + (f"_{number + 1}" if number else "")
-        specs.append(FigureSpec(name, _bind(validation_figure, tables, options, panels)))
+        specs.append(FigureSpec(name, _bind(validation_figure, tables, options, panels), len(panels)))
     if any(_main_train_loss(t) for t in tables):
-        specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options)))
+        specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options), panels=2))
     return specs
 
 

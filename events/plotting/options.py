@@ -26,7 +26,9 @@ class PlotOptions:
 
 @dataclass
 class FigureSpec:
-    """A figure to make: its file stem and a function building it."""
+    """A figure to make: its file stem, a function building it, and roughly how many panels it
+    draws (its cost: rendering processes take the heaviest figures first)."""
 
     name: str
     build: Callable[[], Any]
+    panels: int = 1

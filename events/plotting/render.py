@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -63,9 +64,10 @@ def _render_sequentially(specs: Sequence[FigureSpec], out_dir: str, options: Plo
         return [future.result() for future in pending]
 
 
-def _render_slice(indices: Sequence[int]) -> List[str]:
+def _render_one(index: int) -> str:
+    spec, options = _JOB["specs"][index], _JOB["options"]
     with _JOB["context"]:
-        return _render_sequentially([_JOB["specs"][i] for i in indices], _JOB["out_dir"], _JOB["options"])
+        return save_figure(spec.build(), os.path.join(_JOB["out_dir"], f"{spec.name}.{options.fmt}"), options.dpi, options.fmt)
 
 
 def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_dir: str, options: PlotOptions,
@@ -88,17 +90,17 @@ def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_
     if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
         matplotlib_figure()  # import matplotlib once in the parent: the forked workers share it
         _JOB.update(specs=list(specs), out_dir=out_dir, options=options, context=context)
-        # Worker k renders figures k, k + jobs, ...: heavy and light figures spread evenly.
-        slices = [list(range(k, len(specs), jobs)) for k in range(jobs)]
+        # One figure per task, heaviest first, to whichever worker is free: the last to finish
+        # are small figures, so the workers end together.
+        order = sorted(range(len(specs)), key=lambda index: -specs[index].panels)
         try:
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                rendering = pool.map_async(_render_slice, slices, chunksize=1)
+                rendering = pool.map_async(_render_one, order, chunksize=1)
                 if meanwhile is not None:
                     meanwhile()
-                done = dict(zip(map(tuple, slices), rendering.get()))
+                by_index = dict(zip(order, rendering.get()))
         finally:
             _JOB.clear()
-        by_index = {i: path for indices, paths in done.items() for i, path in zip(indices, paths)}
         return [by_index[i] for i in range(len(specs))]
     if meanwhile is not None:
         meanwhile()
@@ -106,16 +108,45 @@ def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_
         return _render_sequentially(specs, out_dir, options)
 
 
+def _runnable_now() -> Optional[int]:
+    """Tasks running or ready to run on this machine now (``procs_running`` of /proc/stat,
+    this process included); None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _busy_elsewhere() -> float:
+    """CPUs that other processes keep busy: the fewest runnable tasks over a few samples 2 ms
+    apart, less this process (a short-lived task is not a CPU hog), else the 1-minute load
+    average. The load average lags by about a minute: right after a heavy job it reads as
+    busy a machine that is idle."""
+    samples = []
+    for attempt in range(4):
+        if attempt:
+            time.sleep(0.002)
+        runnable = _runnable_now()
+        if runnable is None:
+            break
+        samples.append(runnable)
+    if samples:
+        return max(0, min(samples) - 1)
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return 0.0
+
+
 def default_jobs() -> int:
-    """Processes the command-line tool uses: one per idle CPU (CPUs minus the 1-minute load
-    average), at least 1, at most 4. On a busy machine extra processes only add fork and
-    transfer costs."""
+    """Processes the command-line tool uses: one per idle CPU (see ``_busy_elsewhere``), at
+    least 1, at most 4. On a busy machine extra processes only add fork and transfer costs."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
         cpus = os.cpu_count() or 1
-    try:
-        idle = cpus - os.getloadavg()[0]
-    except OSError:  # pragma: no cover - no load average on this platform
-        idle = cpus
-    return max(1, min(4, int(idle + 0.5)))
+    return max(1, min(4, int(cpus - _busy_elsewhere() + 0.5)))

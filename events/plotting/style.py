@@ -99,6 +99,9 @@ def base_rc() -> Dict[str, Any]:
     return {
         "font.size": 8,
         "axes.titlesize": 9,
+        # A fixed title position: "auto" (None) measures every axis' tick labels per panel to dodge
+        # top ticks we never draw (~15% of the drawing time).
+        "axes.titley": 1.0,
         "axes.labelsize": 8,
         "xtick.labelsize": 7,
         "ytick.labelsize": 7,
