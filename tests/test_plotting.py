@@ -290,11 +290,44 @@ def test_cjk_labels_without_a_font_give_a_note(monkeypatch):
 
 @pytest.mark.skipif(__import__("events.plotting.style", fromlist=["x"]).find_cjk_font() is None,
                     reason="needs a CJK system font (e.g. apt install fonts-nanum); the selection logic is tested above")
-def test_korean_title_renders_with_the_cjk_font(tmp_path, recwarn):
+def test_korean_title_renders_with_the_cjk_font(tmp_path):
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from events.plotting.render import figure_context
+
     table = table_of({"total_loss": (np.arange(10.0), np.arange(10.0))})
     options = PlotOptions(title="학습 곡선", dpi=40)
-    render_figures(plan_figures([table], options)[:1], [table], str(tmp_path), options)
-    assert not [w for w in recwarn if "missing from" in str(w.message)]
+    spec = plan_figures([table], options)[0]
+    with figure_context([table], options):
+        title = spec.build()._suptitle
+        font = FT2Font(font_manager.findfont(title.get_fontproperties()))
+    assert "학습 곡선" in title.get_text()
+    assert all(font.get_char_index(ord(char)) != 0 for char in "학습곡선"), font.fname
+    assert render_figures([spec], [table], str(tmp_path), options) == [str(tmp_path / "overview.png")]
+
+
+def _title_box(figure):
+    """The figure title's extent in pixels, and the figure's width, once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return figure._suptitle.get_window_extent(canvas.get_renderer()), canvas.get_width_height()[0]
+
+
+def test_a_figure_title_too_long_for_one_line_wraps_inside_the_figure():
+    table = table_of({"total_loss": (np.arange(50.0), np.linspace(3, 1, 50))},
+                     val={"total_loss": (np.arange(9.0, 50, 10), np.linspace(3.2, 1.5, 5))}, label="a_run_folder_with_a_long_name_2026")
+    short_title = train_val_figure([table], PlotOptions())
+    long_title = train_val_figure([table], PlotOptions(title="ablation: one-to-many matching, k=3, synthetic weight 0.5"))
+    assert "\n" not in short_title._suptitle.get_text() and "\n" in long_title._suptitle.get_text()
+    box, width = _title_box(long_title)
+    assert 0 <= box.x0 and box.x1 <= width
+    # The wrapped title sits above the panels, not on them.
+    panels_top = max(ax.get_window_extent().y1 for ax in long_title.axes)
+    title_bottom = box.y0
+    assert title_bottom > panels_top + 12  # the panel title's line lies between
 
 
 def test_compared_runs_get_one_validation_panel_per_metric_and_a_legend_of_runs():

@@ -24,6 +24,7 @@ _MAX_MARKERS = 60
 _LEFT, _RIGHT, _TOP, _BOTTOM = 0.55, 0.15, 0.6, 0.45
 _COLUMN_GAP, _ROW_GAP = 0.6, 0.6
 _LEGEND_GAP = 0.1
+_TITLE_LINE = 0.2  # inches of one more line of the 10 pt figure title
 
 
 @dataclass
@@ -35,17 +36,18 @@ class _Layout:
     panel: Tuple[float, float]
     right: float = _RIGHT
     column_gap: float = _COLUMN_GAP
+    top: float = _TOP
 
     def size(self) -> Tuple[float, float]:
         width = self.panels_right() + self.right
-        height = _TOP + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + _BOTTOM
+        height = self.top + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + _BOTTOM
         return width, height
 
     def apply(self, figure: Any) -> None:
         width, height = self.size()
         figure.set_size_inches(width, height)
         figure.subplots_adjust(left=_LEFT / width, right=1 - self.right / width, bottom=_BOTTOM / height,
-                               top=1 - _TOP / height, wspace=self.column_gap / self.panel[0], hspace=_ROW_GAP / self.panel[1])
+                               top=1 - self.top / height, wspace=self.column_gap / self.panel[0], hspace=_ROW_GAP / self.panel[1])
 
     def panels_right(self) -> float:
         """Inches from the figure's left edge to the right edge of the last column."""
@@ -132,14 +134,27 @@ def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], opti
     widen the figure's right margin to hold its legends."""
     label = short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
     head = f"{options.title} — " if options.title else ""
-    height = figure.get_size_inches()[1]
-    figure.suptitle(f"{head}{what} — {label}", fontsize=10, y=1 - 0.1 / height, va="top")
     for ax in bottoms:
         ax.set_xlabel(tables[0].x_label(options.x))
     for ax in figure.axes:
         _thousands(ax)
     _fit_legends(figure)
+    _fit_title(figure, f"{head}{what}", label)
     return figure
+
+
+def _fit_title(figure: Any, what: str, label: str) -> None:
+    """``what — label`` above the panels; on two lines (the top margin grown by one) when one
+    line would be wider than the figure, e.g. with a ``--title`` on a narrow figure."""
+    layout = _LAYOUTS[figure]
+    title = figure.suptitle(f"{what} — {label}", fontsize=10, va="top")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if title.get_window_extent(FigureCanvasAgg(figure).get_renderer()).width / figure.dpi > figure.get_size_inches()[0] - 0.1:
+        title.set_text(f"{what}\n{label}")
+        layout.top += _TITLE_LINE
+        layout.apply(figure)
+    title.set_y(1 - 0.1 / figure.get_size_inches()[1])
 
 
 def _fit_legends(figure: Any) -> None:
@@ -165,7 +180,7 @@ def _fit_legends(figure: Any) -> None:
     layout.right = max([_RIGHT] + [overhang + _LEGEND_GAP for overhang in right_of_panels])
     layout.apply(figure)
     for legend in figure_legends:  # anchored in inches at the old right edge of the panels
-        legend.set_bbox_to_anchor((layout.panels_right() + _LEGEND_GAP, layout.size()[1] - _TOP), transform=figure.dpi_scale_trans)
+        legend.set_bbox_to_anchor((layout.panels_right() + _LEGEND_GAP, layout.size()[1] - layout.top), transform=figure.dpi_scale_trans)
 
 
 def _thousands(ax: Any) -> None:
@@ -185,7 +200,7 @@ def outside_legend(figure: Any, axes: Sequence[Any]) -> None:
     if handles:
         layout = _LAYOUTS[figure]
         # Anchored in inches from the bottom left: it stays put when the figure is widened.
-        anchor = (layout.panels_right() + _LEGEND_GAP, layout.size()[1] - _TOP)
+        anchor = (layout.panels_right() + _LEGEND_GAP, layout.size()[1] - layout.top)
         figure.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=anchor,
                       bbox_transform=figure.dpi_scale_trans, borderaxespad=0.0)
 
