@@ -338,3 +338,28 @@ def test_compared_runs_get_one_validation_panel_per_metric_and_a_legend_of_runs(
     figure = specs["validation"].build()
     assert [ax.get_title() for ax in figure.axes] == ["bbox/AP", "SG/SGMeanRecall@50"]
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["baseline", "speaq"]
+
+
+def test_one_evaluation_at_the_end_shows_over_the_whole_training_with_plain_ticks():
+    """Two compared runs evaluated once at the end with near-equal AP (65.11574 vs 65.11570):
+    the panel spans the training and its tick labels need no offset like 1e-5+6.51157e1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from events.plotting.figures import validation_figure
+    from events.plotting.render import figure_context
+
+    steps = np.arange(0.0, 4000.0, 20.0)
+    first = table_of({"total_loss": (steps, np.linspace(3, 1, len(steps)))}, val={"segm/AP": (np.array([3999.0]), np.array([65.11574]))})
+    second = table_of({"total_loss": (steps, np.linspace(3, 1, len(steps)))}, val={"segm/AP": (np.array([4000.0]), np.array([65.11570]))})
+    options = PlotOptions()
+    with figure_context([first, second], options):
+        figure = validation_figure([first, second], options, [("segm/AP", ["segm/AP"])])
+        FigureCanvasAgg(figure).draw()
+    ax = figure.axes[0]
+    assert ax.get_xlim()[0] <= 0.0 and ax.get_xlim()[1] >= 4000.0
+    low, high = ax.get_ylim()
+    assert high - low >= 0.02 * 65.1 and low < 65.1157 < high
+    for axis in (ax.xaxis, ax.yaxis):
+        assert axis.get_major_formatter().get_offset() == ""
+        labels = [tick.get_text() for tick in axis.get_ticklabels() if tick.get_text()]
+        assert labels and all(len(label) <= 6 for label in labels), labels

@@ -124,6 +124,20 @@ def points(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, co
     ax.plot(x, series.values, style, marker=marker, markersize=3, color=color, label=short(label), linewidth=1.0)
 
 
+def readable_limits(ax: Any, x_span: Optional[Tuple[float, float]] = None) -> None:
+    """Limits for a panel of a few points (evaluations): x over at least ``x_span`` (the whole
+    training, so one evaluation at the end shows as such), and y over at least 2% of the values'
+    magnitude, so that near-equal values get plain tick labels, not ``1e-5+6.51157e1``."""
+    if x_span is not None:
+        ax.update_datalim([(x_span[0], 0.0), (x_span[1], 0.0)], updatey=False)
+        ax.autoscale_view(scaley=False)
+    low, high = ax.get_ylim()
+    need = 0.02 * max(abs(low), abs(high))
+    if high - low < need:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - need / 2, middle + need / 2)
+
+
 def loss_axis(ax: Any, options: PlotOptions) -> None:
     if options.log_scale:
         ax.set_yscale("log")

@@ -15,7 +15,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis, outside_legend, panel_grid, points,
-                      run_color, run_label)
+                      readable_limits, run_color, run_label)
 from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
 from .options import FigureSpec, PlotOptions
 from .smoothing import smooth
@@ -197,11 +197,23 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
                 else:
                     points(ax, table, series, options, color=run_color(index), label=run_label(table, index))
         ax.set_title(title)
+        readable_limits(ax, _training_span(tables, options))
         if single:
             axis_legend(ax)
     if not single:
         outside_legend(figure, axes)
     return finish(figure, bottoms, tables, options, "validation")
+
+
+def _training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional[Tuple[float, float]]:
+    """The x range the training records of ``tables`` cover (None when they hold none)."""
+    ends = []
+    for table in tables:
+        steps = [s.steps[[0, -1]] for s in table.train.values() if len(s)]
+        if steps:
+            first_last = np.array([min(s[0] for s in steps), max(s[1] for s in steps)])
+            ends.extend(table.x_of(Series(first_last, first_last), options.x).tolist())
+    return (min(ends), max(ends)) if ends else None
 
 
 def _train_val_pairs(tables: Sequence[LogTable]) -> List[str]:

@@ -114,6 +114,8 @@ def base_rc() -> Dict[str, Any]:
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.formatter.limits": (-3, 4),
+        # Tick labels say the value: an additive offset ("+4e3", "1e-5+6.51157e1") is illegible.
+        "axes.formatter.useoffset": False,
         "path.simplify": True,
     }
 
