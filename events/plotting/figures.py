@@ -186,6 +186,7 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
     task, a colour per metric. Several: a panel per metric, a colour per run, one legend."""
     figure, axes, bottoms = panel_grid(len(panels))
     single = len(tables) == 1
+    training = _training_span(tables, options)
     for ax, (title, names) in zip(axes, panels):
         for position, name in enumerate(names):
             for index, table in enumerate(tables):
@@ -197,7 +198,7 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
                 else:
                     points(ax, table, series, options, color=run_color(index), label=run_label(table, index))
         ax.set_title(title)
-        readable_limits(ax, _training_span(tables, options))
+        readable_limits(ax, training)
         if single:
             axis_legend(ax)
     if not single:

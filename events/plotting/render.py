@@ -52,10 +52,14 @@ class figure_context:
         self._stack.close()
 
 
+def _figure_path(spec: FigureSpec, out_dir: str, options: PlotOptions) -> str:
+    return os.path.join(out_dir, f"{spec.name}.{options.fmt}")
+
+
 def _render_sequentially(specs: Sequence[FigureSpec], out_dir: str, options: PlotOptions) -> List[str]:
     """Build and draw each figure in turn; PNG files are compressed by a writer thread meanwhile
     (PIL releases the GIL while compressing, so drawing the next figure goes on)."""
-    paths = [os.path.join(out_dir, f"{spec.name}.{options.fmt}") for spec in specs]
+    paths = [_figure_path(spec, out_dir, options) for spec in specs]
     if options.fmt != "png":
         return [save_figure(spec.build(), path, options.dpi, options.fmt) for spec, path in zip(specs, paths)]
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -67,7 +71,7 @@ def _render_sequentially(specs: Sequence[FigureSpec], out_dir: str, options: Plo
 def _render_one(index: int) -> str:
     spec, options = _JOB["specs"][index], _JOB["options"]
     with _JOB["context"]:
-        return save_figure(spec.build(), os.path.join(_JOB["out_dir"], f"{spec.name}.{options.fmt}"), options.dpi, options.fmt)
+        return save_figure(spec.build(), _figure_path(spec, _JOB["out_dir"], options), options.dpi, options.fmt)
 
 
 def render_figures(specs: Sequence[FigureSpec], tables: Sequence[LogTable], out_dir: str, options: PlotOptions,

@@ -2,15 +2,15 @@
 process or several.
 
 A 100k-line metrics.json is ~270 MB. Holding it and its 100k decoded dicts at once costs ~1 GB
-and ~0.5 s of page faults; decoding it a few MB at a time into column blocks keeps ~60 MB of
-dicts alive and reuses their memory. Each record of these dialects stands alone, so big files
+and ~0.5 s of page faults; decoding it a few MB at a time into column blocks keeps ~750 records
+as dicts at once and reuses their memory. Each record of these dialects stands alone, so big files
 (>= ``PARALLEL_MIN_BYTES``) are also split into newline-aligned byte ranges decoded by forked
 processes; only the numpy blocks travel back, and ``merge_collected`` puts them in file order.
 """
 from __future__ import annotations
 
 import multiprocessing
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 from .assemble import Collected, RecordCollector, merge_collected
 from .json_formats import collect_stepped
@@ -97,14 +97,13 @@ def _ranges_in_workers(ranges: List[Tuple[int, int]]) -> List[Tuple[Collected, S
         return [_collect_range_job(ranges[0])] + others.get()
 
 
-def collect_stepped_file(path: str, size: int, step_key: str, skipped: SkippedLines, jobs: int = 1,
-                         step_unit: Optional[str] = None) -> Collected:
+def collect_stepped_file(path: str, size: int, step_key: str, skipped: SkippedLines, jobs: int = 1) -> Collected:
     """The records of the first ``size`` bytes of a stepped JSON-lines file, as column blocks.
 
     ``step_key`` is the field holding each record's step. With ``jobs`` > 1, a file of at least
     ``PARALLEL_MIN_BYTES`` is decoded in that many forked processes (where fork exists).
     """
-    step_unit = step_unit or ("epoch" if step_key == "epoch" else "iteration")
+    step_unit = "epoch" if step_key == "epoch" else "iteration"
     parallel = jobs > 1 and size >= PARALLEL_MIN_BYTES and "fork" in multiprocessing.get_all_start_methods()
     ranges = _line_aligned_ranges(path, size, jobs if parallel else 1)
     _JOB.update(path=path, step_key=step_key, step_unit=step_unit)
