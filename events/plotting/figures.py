@@ -21,7 +21,8 @@ from .options import FigureSpec, PlotOptions
 from .smoothing import smooth
 from .style import RUN_COLORS
 
-__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys"]
+__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys", "generalization_gap",
+           "validation_metrics"]
 
 _PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
@@ -263,13 +264,9 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
                 curve(top, table, train, options, color=color_train, label=f"{prefix}train", band=single)
             if val is not None:
                 points(top, table, val, options, color=color_val, label=f"{prefix}validation", style="--")
-            if train is not None and val is not None and len(train):
-                smoothed = smooth(train.values, options.smooth)
-                finite = np.isfinite(smoothed)
-                if finite.any():
-                    at_val = np.interp(val.steps, train.steps[finite], smoothed[finite])
-                    gap = Series(val.steps, val.values - at_val)
-                    points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
+            gap = generalization_gap(train, val, options) if train is not None and val is not None else None
+            if gap is not None:
+                points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
         bottom.axhline(0.0, color="0.4", linewidth=0.7)
         top.set_title(f"{name}: train vs validation")
         bottom.set_title("generalization gap (val − smoothed train)")
@@ -279,10 +276,28 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
     return finish(figure, list(axes[1]), tables, options, "train vs validation loss")
 
 
+def generalization_gap(train: Series, val: Series, options: PlotOptions) -> Optional[Series]:
+    """``val - smoothed train`` at each evaluation step (None when train has no finite point)."""
+    smoothed = smooth(train.values, options.smooth)
+    finite = np.isfinite(smoothed)
+    if not len(train) or not finite.any():
+        return None
+    return Series(val.steps, val.values - np.interp(val.steps, train.steps[finite], smoothed[finite]))
+
+
+def validation_metrics(tables: Sequence[LogTable]) -> List[str]:
+    """Validation metrics worth a panel: not losses, not aux layers, not a DETR ``_unscaled``
+    copy of a logged metric, and finite somewhere."""
+    val_names = list(dict.fromkeys(n for t in tables for n in t.val))
+    val_parts = parse_keys(val_names)
+    metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
+               and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
+    return [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+
+
 def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[FigureSpec]:
     """The figures ``tables`` call for, in a fixed order; each built only when asked."""
     train_names = list(dict.fromkeys(n for t in tables for n in t.train))
-    val_names = list(dict.fromkeys(n for t in tables for n in t.val))
     groups = group_keys(train_names)
     specs: List[FigureSpec] = []
     if groups.total or "lr" in train_names or "time" in train_names:
@@ -299,10 +314,7 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
             specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), "other training scalars", False), len(chunk)))
     if groups.split_bases:
         specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases), len(groups.split_bases)))
-    val_parts = parse_keys(val_names)
-    metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
-               and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
-    metrics = [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+    metrics = validation_metrics(tables)
     if len(tables) == 1:
         panel_chunks = [_validation_panels(tables, metrics)] if metrics else []
     else:  # runs compared: a panel per metric, so that the legend only names runs
