@@ -17,7 +17,7 @@ def chromium_or_skip(width: int = 1400, height: int = 1000) -> Any:
     """A started headless Chromium (selenium ``WebDriver``) that records the console."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

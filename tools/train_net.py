@@ -8,7 +8,7 @@
 This script is also the reference for wiring the telemetry into your own trainer: build the
 model, criterion and data, then register the hooks in the order below (PeriodicWriter last).
 The output directory receives log.txt, metrics.json, TensorBoard events, a W&B offline run,
-checkpoints, config.yaml, train_history.json and loss_graph.png.
+checkpoints, config.yaml, train_history.json, loss_graph.png and report.html.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler,
 from engine.metrics import LossDictReducer  # noqa: E402
 from engine.param_monitor import ParameterMonitor  # noqa: E402
 from engine.run_history import RunHistory  # noqa: E402
+from engine.run_report import write_run_report  # noqa: E402
 from engine.train_loop import SimpleTrainer  # noqa: E402
 from engine.writer_builder import build_writers  # noqa: E402
 
@@ -177,7 +178,7 @@ def build_trainer(cfg, args):
 
 
 def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed: bool) -> int:
-    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png at the end."""
+    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png and report.html at the end."""
     output_dir = cfg.OUTPUT_DIR
     history = RunHistory(output_dir, config_file, start_iter, resumed) if comm.is_main_process() else None
 
@@ -200,6 +201,7 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     if history:
         history.finish("completed", final_values())
         write_loss_graph(output_dir)
+        write_run_report(output_dir)
     comm.synchronize()
     return 0
 

@@ -41,6 +41,7 @@ __all__ = ["write_html_report", "render_html_report", "find_config"]
 _PANEL_HEIGHT = 250  # pixels of one row of panels
 _TOP, _BOTTOM, _ROW_GAP = 50, 45, 70
 _COLUMN_GAP = 0.07  # of the figure's width
+_LEGEND_ROOM = 0.22  # of a column, for a panel's own legend
 _MAX_MARKERS = 60
 _CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "config.py")
 
@@ -101,7 +102,7 @@ def _curve_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dic
                       legendgroup=trace.group or trace.label, type="scatter")
         out.append(dict(common, y=arrays.ref(low), hovertemplate=f"{_esc(trace.label)} bin min %{{y:.5g}}<extra></extra>" if binned else None,
                         hoverinfo=None if binned else "skip"))
-        out.append(dict(common, y=arrays.ref(high), fill="tonexty", opacity=0.2, fillcolor=trace.color,
+        out.append(dict(common, y=arrays.ref(high), fill="tonexty", fillcolor=_translucent(trace.color, 0.2),
                         hovertemplate=f"{_esc(trace.label)} bin max %{{y:.5g}}<extra></extra>" if binned else None,
                         hoverinfo=None if binned else "skip"))
     out.append(dict(axes, type="scatter", mode="lines", x=x_ref, y=arrays.ref(shown), name=trace.label,
@@ -122,6 +123,15 @@ def _plain_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dic
                  name=trace.label, legendgroup=trace.group or trace.label, marker={"size": 6, "color": trace.color},
                  line={"color": trace.color, "width": trace.width, "dash": trace.dash, "shape": "hv" if trace.kind == "steps" else "linear"},
                  hovertemplate=f"{_esc(trace.label)}<br>%{{x}}: %{{y:.5g}}<extra></extra>")]
+
+
+def _translucent(color: str, alpha: float) -> str:
+    """``rgba(...)`` of a ``#rrggbb`` or ``rgb(r, g, b)`` colour with opacity ``alpha``."""
+    if color.startswith("#"):
+        red, green, blue = (int(color[i: i + 2], 16) for i in (1, 3, 5))
+    else:
+        red, green, blue = (float(part) for part in color[color.index("(") + 1: color.index(")")].split(",")[:3])
+    return f"rgba({red:g}, {green:g}, {blue:g}, {alpha:g})"
 
 
 def _esc(text: str) -> str:
@@ -152,7 +162,9 @@ def _section_figure(section: Section, tables: Sequence[LogTable], options: PlotO
         top_px = _TOP + row * (_PANEL_HEIGHT + _ROW_GAP)
         y_top = 1 - (top_px - _TOP) / (height - _TOP - _BOTTOM)
         y_bottom = 1 - (top_px - _TOP + _PANEL_HEIGHT) / (height - _TOP - _BOTTOM)
-        x_axis: Dict[str, Any] = {"domain": [left, left + width], "anchor": f"y{suffix}", "showline": True, "linecolor": "#444",
+        # A panel's own legend goes right of it, in the last ~fifth of its column.
+        plot_width = width * (1 - _LEGEND_ROOM) if section.panel_legends else width
+        x_axis: Dict[str, Any] = {"domain": [left, left + plot_width], "anchor": f"y{suffix}", "showline": True, "linecolor": "#444",
                                   "gridcolor": "#eee", "zeroline": False, "exponentformat": "SI"}
         if index:
             x_axis["matches"] = "x"
@@ -174,9 +186,14 @@ def _section_figure(section: Section, tables: Sequence[LogTable], options: PlotO
             layout["shapes"].append({"type": "line", "xref": f"x{suffix} domain", "yref": f"y{suffix}", "x0": 0, "x1": 1,
                                      "y0": 0, "y1": 0, "line": {"color": "#666", "width": 1}})
         layout["annotations"].append({"text": f"<b>{html.escape(panel.title)}</b>", "xref": "paper", "yref": "paper",
-                                      "x": left + width / 2, "y": min(1.0, y_top), "yanchor": "bottom", "xanchor": "center",
+                                      "x": left + plot_width / 2, "y": min(1.0, y_top), "yanchor": "bottom", "xanchor": "center",
                                       "showarrow": False, "yshift": 4, "font": {"size": 12}})
         axes = {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
+        if section.panel_legends:
+            axes["legend"] = f"legend{suffix}"
+            layout[f"legend{suffix}"] = {"x": left + plot_width + 0.01, "y": min(1.0, y_top), "xanchor": "left", "yanchor": "top",
+                                         "font": {"size": 10}}
+            seen_labels = set()
         for trace in panel.traces:
             build = _curve_traces if trace.kind == "curve" else _plain_traces
             for spec in build(trace, options, arrays, axes):

@@ -49,6 +49,7 @@ pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
 <script>
 "use strict";
 (function () {
+  const startedMs = performance.now();
   const payload = JSON.parse(document.getElementById("report-data").textContent);
   const arrays = payload.arrays.map(function (text) {
     const bytes = atob(text);
@@ -81,10 +82,24 @@ pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
     return ema(arrays[meta.raw], parseFloat(mode.split(":")[1]));
   }
   const config = {responsive: true, displaylogo: false, scrollZoom: false};
-  const drawn = payload.figures.map(function (entry) {
-    const figure = entry.figure;
-    return Plotly.newPlot(entry.id, figure.data.map(resolve), figure.layout, config);
-  });
+  window.reportTimings = {scriptMs: startedMs, decodedMs: performance.now(), figureMs: []};
+  // One figure per task, the ones on screen first: the page answers the mouse between figures
+  // instead of freezing until the last of a big run's figures is drawn.
+  const order = payload.figures.map(function (entry, index) { return index; });
+  const onScreen = function (index) {
+    const box = document.getElementById(payload.figures[index].id).getBoundingClientRect();
+    return box.top < window.innerHeight && box.bottom > 0 ? 0 : 1;
+  };
+  order.sort(function (a, b) { return onScreen(a) - onScreen(b) || a - b; });
+  function drawFigure(index) {
+    return new Promise(function (resolveDrawn) { setTimeout(resolveDrawn, 0); }).then(function () {
+      const entry = payload.figures[index];
+      return Plotly.newPlot(entry.id, entry.figure.data.map(resolve), entry.figure.layout, config);
+    }).then(function () { window.reportTimings.figureMs.push(performance.now()); });
+  }
+  const drawn = order.reduce(function (previous, index) {
+    return previous.then(function () { return drawFigure(index); });
+  }, Promise.resolve());
   function eachFigure(action) {
     payload.figures.forEach(function (entry) { action(document.getElementById(entry.id)); });
   }
@@ -106,7 +121,7 @@ pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
       if (Object.keys(update).length) Plotly.relayout(div, update);
     });
   });
-  Promise.all(drawn).then(function () {
+  drawn.then(function () {
     window.reportReadyMs = performance.now();
     document.body.dataset.ready = "1";
   });

@@ -4,8 +4,10 @@ renderers never disagree on what a figure holds. Nothing here draws; ``html_repo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 from events.readers.table import LogTable, Series
 
@@ -58,6 +60,7 @@ class Section:
     panels: List[Panel]
     x_span: Optional[tuple] = None
     columns: int = 3
+    panel_legends: bool = False  # a legend in each panel (panels of different series), else one
 
 
 def _layer_colors(count: int) -> List[str]:
@@ -98,11 +101,18 @@ def _overview(tables: Sequence[LogTable], total: Sequence[str]) -> List[Panel]:
 
 def _wide(panel: Panel) -> bool:
     """A learning rate spanning more than ~1.5 decades is drawn on a log axis, as in the PNGs."""
-    import numpy as np
-
     values = np.concatenate([t.series.values for t in panel.traces]) if panel.traces else np.zeros(0)
     positive = values[np.isfinite(values) & (values > 0)]
     return bool(len(positive) and positive.max() / positive.min() > 30)
+
+
+def _layer_trace(final: Trace, colors: Dict[int, str], part: KeyParts) -> Trace:
+    """The trace of one decoder layer of a family panel: the final layer drawn as ``final``
+    says (black, with the band), an aux layer thinner in its colour."""
+    series = final.table.train[part.key]
+    if part.layer is None:
+        return replace(final, series=series)
+    return Trace(f"layer {part.layer}", colors[part.layer], final.table, series, width=1.2)
 
 
 def _family(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]], is_loss: bool) -> List[Panel]:
@@ -110,22 +120,15 @@ def _family(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]], is_los
     the min/max band), or each run's final layer in its colour."""
     layers = sorted({p.layer for parts in bases.values() for p in parts if p.layer is not None})
     colors = dict(zip(layers, _layer_colors(len(layers)))) if layers else {}
-    final_color, final_label = ("black", "final layer") if layers else (RUN_COLORS[0], "")
+    final_color, final_label = ("#000000", "final layer") if layers else (RUN_COLORS[0], "")
     panels = []
     for base, parts in bases.items():
         panel = Panel(base, loss=is_loss)
         ordered = layer_order(parts)
         if len(tables) == 1:
             table = tables[0]
-            for p in ordered:
-                series = table.train.get(p.key)
-                if series is None:
-                    continue
-                if p.layer is None:
-                    panel.traces.append(Trace(final_label or base, final_color, table, series, band=True, width=2.0,
-                                              group=final_label or base))
-                else:
-                    panel.traces.append(Trace(f"layer {p.layer}", colors[p.layer], table, series, width=1.2))
+            final = Trace(final_label or base, final_color, table, Series(np.zeros(0), np.zeros(0)), band=True, width=2.0)
+            panel.traces = [_layer_trace(final, colors, p) for p in ordered if p.key in table.train]
         else:
             for index, table in enumerate(tables):
                 series = table.train.get(ordered[-1].key)
@@ -214,7 +217,8 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
     head = f"{options.title} — " if options.title else ""
     sections: List[Section] = []
     if groups.total or "lr" in train_names or "time" in train_names:
-        sections.append(Section("overview", f"{head}overview", _overview(tables, groups.total), columns=1))
+        sections.append(Section("overview", f"{head}overview", _overview(tables, groups.total), columns=1,
+                                panel_legends=True))
     for family, bases in groups.loss_families.items():
         for number, chunk in enumerate(_chunks(list(bases.items()), _PANELS_PER_FIGURE)):
             what = "losses" if family == "loss" else f"{family} losses"
@@ -234,7 +238,9 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
     span = _training_span(tables, options)
     for number, chunk in enumerate(panel_chunks):
         sections.append(Section("validation" + (f"_{number + 1}" if number else ""), f"{head}validation",
-                                _validation(tables, chunk), x_span=span))
+                                _validation(tables, chunk), x_span=span,
+                                columns=2 if len(tables) == 1 else 3, panel_legends=len(tables) == 1))
     if any(_main_train_loss(t) for t in tables):
-        sections.append(Section("train_vs_val", f"{head}train vs validation loss", _train_val(tables, options), columns=len(_train_val_pairs(tables)) or 1))
+        sections.append(Section("train_vs_val", f"{head}train vs validation loss", _train_val(tables, options),
+                                columns=len(_train_val_pairs(tables)) or 1, panel_legends=True))
     return sections
