@@ -109,6 +109,10 @@ class DemoScenesConfig:
     # Objects whose gap is at most this fraction of the image side are "near".
     NEAR_DISTANCE: float = 0.15
     NUM_VAL_SCENES: int = 200
+    # A straggler for the per-rank figures: this rank's loader sleeps SLOW_RANK_SECONDS before
+    # each batch (-1: no rank is slowed).
+    SLOW_RANK: int = -1
+    SLOW_RANK_SECONDS: float = 0.05
     REAL: SceneDomainConfig = field(default_factory=lambda: SceneDomainConfig(NOISE=0.02, COLOR_JITTER=0.03))
     SYNTHETIC: SceneDomainConfig = field(
         default_factory=lambda: SceneDomainConfig(NOISE=0.1, COLOR_JITTER=0.1, NUM_DISTRACTORS=3)

@@ -18,6 +18,7 @@ from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis,
                       readable_limits, run_color, run_label)
 from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
 from .options import FigureSpec, PlotOptions
+from .ranks import has_ranks, ranks_figure
 from .smoothing import smooth
 from .style import RUN_COLORS
 
@@ -324,6 +325,8 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
         specs.append(FigureSpec(name, _bind(validation_figure, tables, options, panels), len(panels)))
     if any(_main_train_loss(t) for t in tables):
         specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options), panels=2))
+    if has_ranks(tables):
+        specs.append(FigureSpec("ranks", lambda: ranks_figure(tables, options), panels=3))
     return specs
 
 

@@ -113,10 +113,11 @@ def _curve_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dic
 
 
 def _plain_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dict[str, str]) -> List[Dict[str, Any]]:
-    """Validation points (markers when few) or a curve drawn as logged (the learning rate, as steps)."""
+    """Validation points (markers when few) or a curve drawn as logged (the learning rate as
+    steps, per-rank timings)."""
     x = trace.table.x_of(trace.series, options.x)
     y = trace.series.values
-    if trace.kind == "steps":
+    if trace.kind in ("steps", "raw"):
         x, y = thin(x, y, options.max_points)
     markers = trace.kind == "points" and len(y) <= _MAX_MARKERS
     return [dict(axes, type="scatter", mode="lines+markers" if markers else "lines", x=arrays.ref(x), y=arrays.ref(y),

@@ -15,6 +15,7 @@ from .families import KeyParts, group_keys, layer_order
 from .figures import (_PANELS_PER_FIGURE, _chunks, _main_train_loss, _train_val_pairs, _training_span,
                       _validation_panels, generalization_gap, validation_metrics)
 from .options import PlotOptions
+from .ranks import rank_panels, rank_styles
 from .style import RUN_COLORS
 
 __all__ = ["Trace", "Panel", "Section", "plan_report"]
@@ -25,8 +26,8 @@ class Trace:
     """One series of one run in a panel.
 
     ``kind``: ``curve`` (training scalar: smoothed line, min/max band of the raw points when
-    ``band``), ``steps`` (drawn as logged, e.g. the learning rate) or ``points`` (few points:
-    validation, markers). ``group`` ties the traces a legend entry toggles together.
+    ``band``), ``steps`` (drawn as logged, as steps: the learning rate), ``raw`` (drawn as
+    logged: per-rank timings) or ``points`` (few points: validation, markers). ``group`` ties the traces a legend entry toggles together.
     """
 
     label: str
@@ -240,7 +241,20 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
         sections.append(Section("validation" + (f"_{number + 1}" if number else ""), f"{head}validation",
                                 _validation(tables, chunk), x_span=span,
                                 columns=2 if len(tables) == 1 else 3, panel_legends=len(tables) == 1))
+    ranked = next((t for t in tables if rank_panels(t)), None)
     if any(_main_train_loss(t) for t in tables):
         sections.append(Section("train_vs_val", f"{head}train vs validation loss", _train_val(tables, options),
                                 columns=len(_train_val_pairs(tables)) or 1, panel_legends=True))
+    if ranked is not None:
+        sections.append(Section("ranks", f"{head}ranks", _ranks(ranked), columns=1))  # one legend: a rank toggles everywhere
     return sections
+
+
+def _ranks(table: LogTable) -> List[Panel]:
+    """Step time, data time and memory of every rank, drawn as logged, the slowest highlighted."""
+    panels = []
+    for _, title, by_rank, slowest in rank_panels(table):
+        styles = rank_styles(sorted(by_rank), slowest)
+        panels.append(Panel(title, [Trace(label, color, table, by_rank[rank], "raw", width=2 * width)
+                                    for rank, (color, label, width) in styles.items()]))
+    return panels

@@ -27,6 +27,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .families import TOTAL_LOSS_NAMES
+from .ranks import rank_headline
 from .smoothing import SmoothSpec, smooth
 
 __all__ = ["KeySummary", "OverfitCheck", "RunSummary", "summarize", "write_summary", "format_summary", "count_spikes"]
@@ -95,6 +96,7 @@ class RunSummary:
     keys: List[KeySummary] = field(default_factory=list)
     overfit: Optional[OverfitCheck] = None
     skipped: Optional[str] = None
+    straggler: Optional[str] = None  # the per-rank line (events/plotting/ranks.py)
 
 
 # Paeth's median-of-9 exchange network (as in Devillard's opt_med9): after these 19
@@ -241,6 +243,7 @@ def summarize(table: LogTable, spec: SmoothSpec = SmoothSpec()) -> RunSummary:
             if key_summary is not None:
                 summary.keys.append(key_summary)
     summary.overfit = _overfit_check(table, spec)
+    summary.straggler = rank_headline(table)
     return summary
 
 
@@ -285,6 +288,8 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
         lines.append(f"best validation {key.key}: {key.best:.4g} at {run.step_unit} {key.best_step:g}")
     if len(best) > max_best:
         lines.append(f"best of {len(best)} validation metrics: see the best / best_step columns")
+    if run.straggler:
+        lines.append(run.straggler)
     if run.skipped and with_skipped:
         lines.append(run.skipped)
     return lines
