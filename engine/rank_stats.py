@@ -76,7 +76,9 @@ class RankStats:
 
     def __init__(self) -> None:
         self._last = time.perf_counter()
-        self._slowest: Deque[int] = collections.deque(maxlen=WINDOW)
+        self._slowest: Deque[int] = collections.deque(maxlen=WINDOW)  # slowest rank of the last steps
+        self._counts: List[int] = []  # how often each rank is in _slowest
+        self._names: Dict[int, List[str]] = {}  # decode's key names, per world size
 
     def sample(self, data_time: float, device: Optional[torch.device]) -> np.ndarray:
         """``[len(RANK_FIELDS)]`` this rank's numbers for the step being packed now."""
@@ -94,26 +96,33 @@ class RankStats:
         world, steps, _ = block.shape
         if world < 2:
             return [{} for _ in range(steps)]
-        names = [[per_rank_key(field, rank) for rank in range(world)] for field in RANK_FIELDS]
-        maxima, medians, argmax = block.max(axis=0), np.median(block, axis=0), block.argmax(axis=0)  # [steps, fields]
-        slowest = (block[:, :, 0] + block[:, :, 1]).argmax(axis=0)  # [steps]
+        names = self._names.get(world)
+        if names is None:
+            names = self._names[world] = [per_rank_key(field, rank) for field in RANK_FIELDS for rank in range(world)] + [
+                f"{PREFIX}{field}/{stat}" for stat in ("max", "median", "argmax") for field in RANK_FIELDS]
+        ordered = np.sort(block, axis=0)  # a handful of ranks: sorting beats np.median's overhead
+        medians = 0.5 * (ordered[(world - 1) // 2] + ordered[world // 2])  # [steps, fields]
+        columns = np.concatenate([block.transpose(1, 2, 0).reshape(steps, -1), ordered[-1], medians, block.argmax(axis=0)], axis=1)
+        slowest = (block[:, :, 0] + block[:, :, 1]).argmax(axis=0).tolist()  # [steps]
         out = []
-        for step in range(steps):
-            values: Dict[str, float] = {}
-            for index, field in enumerate(RANK_FIELDS):
-                values.update(zip(names[index], block[:, step, index].tolist()))
-                values[f"{PREFIX}{field}/max"] = float(maxima[step, index])
-                values[f"{PREFIX}{field}/median"] = float(medians[step, index])
-                values[f"{PREFIX}{field}/argmax"] = float(argmax[step, index])
-            self._slowest.append(int(slowest[step]))
-            consistent = self._consistently_slowest()
+        for row, rank in zip(columns.tolist(), slowest):
+            values = dict(zip(names, row))
+            consistent = self._record_slowest(rank, world)
             if consistent is not None:
                 values[SLOWEST_RANK] = float(consistent)
             out.append(values)
         return out
 
-    def _consistently_slowest(self) -> Optional[int]:
+    def _record_slowest(self, rank: int, world: int) -> Optional[int]:
+        """Add a step's slowest rank to the window; the rank slowest in ``CONSISTENT_SHARE`` of
+        it (once it holds ``WINDOW // 2`` steps), else None."""
+        if len(self._counts) != world:
+            self._counts, self._slowest = [0] * world, collections.deque(maxlen=WINDOW)
+        if len(self._slowest) == WINDOW:
+            self._counts[self._slowest[0]] -= 1
+        self._slowest.append(rank)
+        self._counts[rank] += 1
         if len(self._slowest) < WINDOW // 2:
             return None
-        rank, times = collections.Counter(self._slowest).most_common(1)[0]
-        return rank if times >= CONSISTENT_SHARE * len(self._slowest) else None
+        top = max(range(world), key=self._counts.__getitem__)
+        return top if self._counts[top] >= CONSISTENT_SHARE * len(self._slowest) else None

@@ -18,6 +18,7 @@ from events.readers import read_log
 from events.readers.table import LogTable, Series, SkippedLines
 
 from browser import chromium_or_skip, console_errors, wait_until_ready
+from test_ranks_figure import table_with_ranks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIS = os.path.join(REPO, "tools", "vis_train_log.py")
@@ -163,15 +164,20 @@ def _hover_first_marker(driver, figure_id: str) -> tuple:
 
 
 def test_report_in_chromium(relation_run, tmp_path):
-    """No JavaScript error; every panel holds its series; hovering a point shows its value;
-    smoothing and log scale switch without errors. The screenshot is left for a person."""
-    path = write_html_report([read_log(str(relation_run / "metrics.json"))], str(tmp_path / "report.html"))
+    """No JavaScript error; every panel holds its series (the ranks figure's too); hovering a
+    point shows its value; smoothing and log scale switch without errors. The screenshot is
+    left for a person."""
+    table = read_log(str(relation_run / "metrics.json"))
+    table.train.update({name: series for name, series in table_with_ranks().train.items() if "rank" in name})
+    path = write_html_report([table], str(tmp_path / "report.html"))
     driver = chromium_or_skip()
     try:
         driver.get("file://" + os.path.abspath(path))
         wait_until_ready(driver)
         assert console_errors(driver) == []
         assert _panels_without_series(driver) == []
+        ranks = driver.execute_script("return document.getElementById('fig-ranks').data.map(t => [t.name, t.line.width])")
+        assert sorted(ranks)[-1] == ["rank 2", 1.8] and ["rank 1 (slowest)", 3.6] in ranks
         value, text = _hover_first_marker(driver, "fig-validation")
         shown = [float(n) for n in re.findall(r"-?\d+\.\d+", text)]
         assert any(abs(n - value) <= 1e-3 * abs(value) for n in shown), (value, text)
