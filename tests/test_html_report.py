@@ -128,6 +128,19 @@ def test_missing_plotly_is_one_line_naming_the_extra(relation_run, tmp_path, mon
         render_html_report([read_log(str(relation_run / "metrics.json"))], PlotOptions())
 
 
+def test_trainer_report_and_its_one_line_without_plotly(relation_run, tmp_path, monkeypatch, caplog):
+    from engine.run_report import write_run_report
+
+    (tmp_path / "metrics.json").write_bytes((relation_run / "metrics.json").read_bytes())
+    assert write_run_report(str(tmp_path)) == str(tmp_path / "report.html")
+    assert page_data((tmp_path / "report.html").read_text(encoding="utf-8"))["figures"]
+    (tmp_path / "report.html").unlink()
+    monkeypatch.setitem(sys.modules, "plotly.offline", None)
+    assert write_run_report(str(tmp_path)) is None  # a finished training is not failed by its report
+    assert not (tmp_path / "report.html").exists()
+    assert "No report.html: the HTML report needs plotly: pip install 'detr-telemetry[report]'" in caplog.text
+
+
 def _panels_without_series(driver) -> list:
     """(figure, axis) pairs of the page whose panel has no trace with points."""
     return driver.execute_script("""

@@ -97,14 +97,14 @@ def _curve_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dic
     x_ref = arrays.ref(x_mid)
     out = []
     if trace.band and len(y) > 1:
-        binned = len(x_mid) < len(x)
         common = dict(axes, x=x_ref, mode="lines", line={"width": 0, "color": trace.color}, showlegend=False,
                       legendgroup=trace.group or trace.label, type="scatter")
-        out.append(dict(common, y=arrays.ref(low), hovertemplate=f"{_esc(trace.label)} bin min %{{y:.5g}}<extra></extra>" if binned else None,
-                        hoverinfo=None if binned else "skip"))
-        out.append(dict(common, y=arrays.ref(high), fill="tonexty", fillcolor=_translucent(trace.color, 0.2),
-                        hovertemplate=f"{_esc(trace.label)} bin max %{{y:.5g}}<extra></extra>" if binned else None,
-                        hoverinfo=None if binned else "skip"))
+        for edge, values in (("min", low), ("max", high)):
+            # Binned, the band's edges tell each bin's extremes; unbinned they are the points.
+            hover = ({"hovertemplate": f"{_esc(trace.label)} bin {edge} %{{y:.5g}}<extra></extra>"} if len(x_mid) < len(x)
+                     else {"hoverinfo": "skip"})
+            fill = {"fill": "tonexty", "fillcolor": _translucent(trace.color, 0.2)} if edge == "max" else {}
+            out.append(dict(common, y=arrays.ref(values), **hover, **fill))
     out.append(dict(axes, type="scatter", mode="lines", x=x_ref, y=arrays.ref(shown), name=trace.label,
                     line={"color": trace.color, "width": trace.width, "dash": trace.dash},
                     legendgroup=trace.group or trace.label, meta={"raw": arrays.ref(means)["ref"], "auto": arrays.ref(shown)["ref"]},
@@ -137,7 +137,7 @@ def _translucent(color: str, alpha: float) -> str:
 
 def _esc(text: str) -> str:
     """Plotly hover templates read ``%{...}`` and HTML tags; logged names are shown literally."""
-    return html.escape(text).replace("%", "%%").replace("{", "&#123;")
+    return html.escape(text).replace("{", "&#123;")
 
 
 def _section_figure(section: Section, tables: Sequence[LogTable], options: PlotOptions, arrays: _Arrays) -> Dict[str, Any]:
