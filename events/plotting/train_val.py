@@ -45,8 +45,10 @@ class TrainValPair:
 
 def sum_series(series: Sequence[Series]) -> Series:
     """``[points]`` sum of ``series`` at the steps every one of them was logged at."""
-    steps = reduce(np.intersect1d, [one.steps for one in series])
-    values = sum(one.values[np.searchsorted(one.steps, steps)] for one in series)
+    steps = series[0].steps
+    if not all(np.array_equal(one.steps, steps) for one in series):  # usually logged together
+        steps = reduce(np.intersect1d, [one.steps for one in series])
+    values = sum(one.values if len(one) == len(steps) else one.values[np.searchsorted(one.steps, steps)] for one in series)
     return Series(steps, np.asarray(values, dtype=np.float64))
 
 
@@ -59,15 +61,15 @@ def _summed(group: dict, terms: Tuple[str, ...]) -> Optional[Series]:
 def sample_weights(table: LogTable) -> Optional[Tuple[float, float]]:
     """``(real, synthetic)`` loss weights from the ``config.yaml`` beside the log (this project's
     and SpeaQ's ``DATASETS.MULTI_DATASET.REAL_LOSS_WEIGHT`` / ``SYNTHETIC_LOSS_WEIGHT``), or None."""
+    import yaml
+
     path = os.path.join(os.path.dirname(os.path.abspath(table.source)), "config.yaml")
     try:
-        import yaml
-
         with open(path, encoding="utf-8") as handle:
             multi = yaml.safe_load(handle)["DATASETS"]["MULTI_DATASET"]
         return float(multi["REAL_LOSS_WEIGHT"]), float(multi["SYNTHETIC_LOSS_WEIGHT"])
-    except Exception:  # no config, another trainer's, unreadable: the note stays general
-        return None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None  # no config, another trainer's, unreadable: the note stays general
 
 
 def _mixes_synthetic(table: LogTable) -> bool:
@@ -112,8 +114,8 @@ def train_val_pairs(tables: Sequence[LogTable]) -> List[TrainValPair]:
     if terms:
         name = f"real-scene loss (Σ of {len(terms)} loss_*_real)"
         pairs.append(TrainValPair(name, terms, note=(
-            f"{name}: the final layer's loss_*_real terms, each in training and validation alike the unweighted "
-            "mean over matched relations of real scenes: like with like, so its gap is drawn.")))
+            f"{name}: the final layer's loss terms on real scenes only, each the unweighted mean over matched "
+            "relations, computed the same way in training and validation: like with like, so its gap is drawn.")))
     for name in plain[:1]:
         pairs.append(TrainValPair(name, (name,), gap=False, note=(
             f"{name}: training mixes synthetic samples and {_weighting(tables)}; validation holds real scenes only, "
