@@ -130,8 +130,7 @@ def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[
     return finish(figure, bottoms, tables, options, what, notes)
 
 
-def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[str, Dict[str, str]],
-                 notes: Sequence[Optional[str]] = ()) -> Any:
+def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[str, Dict[str, str]]) -> Any:
     """Real and synthetic curves of each loss on shared axes, with the loss term itself in grey.
 
     The grey curve is what the optimizer saw: per-sample weighted (synthetic samples count
@@ -156,7 +155,7 @@ def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[
         loss_axis(ax, options)
     outside_legend(figure, axes)
     grey = single and any(base in tables[0].train for base in splits)
-    return finish(figure, bottoms, tables, options, "real vs synthetic", [SPLIT_FIGURE_NOTE if grey else None, *notes])
+    return finish(figure, bottoms, tables, options, "real vs synthetic", [SPLIT_FIGURE_NOTE if grey else None])
 
 
 def _magnitude(tables: Sequence[LogTable], name: str) -> float:
