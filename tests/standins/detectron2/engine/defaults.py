@@ -5,8 +5,8 @@ an inner ``SimpleTrainer`` (``AMPTrainer`` with ``cfg.SOLVER.AMP.ENABLED``), sch
 ``DetectionCheckpointer(trainer=weakref.proxy(self))``, then its hooks in __init__ (so writers
 exist before ``resume_or_load``); ``resume_or_load`` starting at the checkpoint's iteration + 1;
 ``build_writers`` returning ``default_writers``; ``state_dict`` nesting the inner trainer's.
-What differs: ``build_model`` and ``build_train_loader`` must be overridden (no model zoo or
-datasets here), the optimizer is plain SGD and the scheduler torch's ``MultiStepLR``,
+What differs: ``build_train_loader`` must be overridden (no datasets here), ``build_model``
+uses the stand-in registry, the optimizer is plain SGD and the scheduler torch's ``MultiStepLR``,
 evaluation is ``test()`` (override it), PreciseBN is left out.
 """
 import logging
@@ -18,6 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
@@ -98,7 +99,7 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_model(cls, cfg):
-        raise NotImplementedError("stand-in: override build_model (no model zoo here)")
+        return build_model(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

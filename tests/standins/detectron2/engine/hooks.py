@@ -92,19 +92,22 @@ class LRScheduler(HookBase):
         self._optimizer = optimizer
         self._scheduler = scheduler
 
+    @property
+    def scheduler(self):
+        return self._scheduler or self.trainer.scheduler
+
     def before_train(self):
         self._optimizer = self._optimizer or self.trainer.optimizer
-        self._scheduler = self._scheduler or self.trainer.scheduler
 
     def after_step(self):
         self.trainer.storage.put_scalar("lr", self._optimizer.param_groups[0]["lr"], smoothing_hint=False)
-        self._scheduler.step()
+        self.scheduler.step()
 
     def state_dict(self):
-        return self._scheduler.state_dict() if self._scheduler is not None else {}
+        return self.scheduler.state_dict()
 
     def load_state_dict(self, state_dict):
-        self._scheduler.load_state_dict(state_dict)
+        self.scheduler.load_state_dict(state_dict)
 
 
 def _flatten(results, prefix=""):
