@@ -40,6 +40,7 @@ import threading
 from types import ModuleType
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 
 from engine import comm, metrics
@@ -70,7 +71,7 @@ def install() -> None:
     events_module = modules["detectron2.utils.events"]
     if getattr(events_module, _INSTALLED, False):
         return
-    if events_module._CURRENT_STORAGE_STACK and events_module._CURRENT_STORAGE_STACK is not our_storage._CURRENT_STORAGE_STACK:
+    if events_module._CURRENT_STORAGE_STACK:
         raise RuntimeError(
             "engine.integrations.detectron2.install() must run before training starts: "
             "a detectron2 EventStorage is open"
@@ -191,6 +192,8 @@ def _route_write_metrics(simple_trainer: type) -> None:
         if tracker is None or threading.current_thread() is tracker.training_thread:
             return original(self, loss_dict, data_time, prefix=prefix, iter=iter)
         _current_write.tracker = tracker
+        if tracker.cuda_device is not None:
+            torch.cuda.set_device(tracker.cuda_device)
         error = None
         try:
             return original(self, loss_dict, data_time, prefix=prefix, iter=iter)
@@ -218,6 +221,9 @@ class _AsyncWrites:
         # A group of its own: collectives from the writer thread must not interleave with DDP's
         # on the default group (ranks could order them differently and hang).
         self.group = dist.new_group() if comm.get_world_size() > 1 else None
+        # The current CUDA device is per thread: the writer thread must use the training one's
+        # (NCCL collectives and the loss tensors live there).
+        self.cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
         self._writers: Dict[str, metrics.MetricsWriter] = {}
         self._condition = threading.Condition()
         self._finished_through = first_iter - 1
