@@ -53,8 +53,12 @@ def worker(rank, world_size, root):
 
     from engine.integrations.detectron2 import install
 
-    install()
     results = {}
+    try:  # one step of detectron2's own write_metrics, before install()
+        results["before_install"] = _train(SimpleTrainer, rank, root, num_steps=1)["history"]
+    except KeyError as e:
+        results["before_install"] = repr(e)
+    install()
     for name, trainer_class, options in [
         ("sync", SimpleTrainer, {}),
         ("async_ddp", SimpleTrainer, dict(ddp=True, async_write_metrics=True)),
@@ -80,6 +84,12 @@ def assert_reduced(history, steps):
     for name, expected_by_step in ((n, [expected_reduction(s)[n] for s in steps]) for n in REPORTED):
         assert [itr for _, itr in history[name]] == list(steps), name
         assert [v for v, _ in history[name]] == pytest.approx(expected_by_step), name
+
+
+@pytest.mark.distributed
+def test_the_stand_in_fails_as_detectron2_does_without_the_bridge(ranks):
+    assert ranks[0]["before_install"] == "KeyError('loss_relation_synthetic')"
+    assert ranks[1]["before_install"] == {}  # detectron2 puts the reduced values on rank 0 only
 
 
 @pytest.mark.distributed
