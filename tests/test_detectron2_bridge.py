@@ -224,12 +224,28 @@ def test_install_is_idempotent_and_reaches_names_imported_before_it():
         assert d2_events.get_event_storage() is opened
 
 
+def last_error_line(tmp_path, code, pythonpath):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_install_without_detectron2_says_so(tmp_path):
     code = "from engine.integrations.detectron2 import install\ninstall()"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert last_error_line(tmp_path, code, [REPO]) == (
         "ImportError: engine.integrations.detectron2 needs detectron2, which is not installed "
         "(it is not on PyPI: install it from github.com/facebookresearch/detectron2)"
+    )
+
+
+def test_install_refuses_once_detectron2_training_has_started(tmp_path):
+    code = (
+        "from detectron2.utils.events import EventStorage\n"
+        "from engine.integrations.detectron2 import install\n"
+        "with EventStorage():\n    install()"
+    )
+    assert last_error_line(tmp_path, code, [d2_standin.STANDINS, REPO]) == (
+        "RuntimeError: engine.integrations.detectron2.install() must run before training starts: "
+        "a detectron2 EventStorage is open"
     )
