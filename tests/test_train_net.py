@@ -209,6 +209,18 @@ def test_loss_graph_is_a_300_dpi_png(demo_run):
     assert dpi == pytest.approx((300, 300), abs=0.01)
 
 
+@pytest.mark.slow
+def test_loss_graph_compares_the_demo_losses_like_with_like(demo_run):
+    """The demo trains on real and synthetic samples (weighted 1 and 0.5) and validates on real
+    scenes: its loss graph draws the gap of the real-scene losses, the total without a gap."""
+    from events.plotting.train_val import train_val_pairs
+    from events.readers import read_log
+
+    pairs = train_val_pairs([read_log(demo_run[0] / "metrics.json")])
+    assert [(p.name, p.gap) for p in pairs] == [("real-scene loss (Σ of 9 loss_*_real)", True), ("total_loss", False)]
+    assert "weighs real samples 1 and synthetic ones 0.5 (config.yaml)" in pairs[1].note
+
+
 def run_failing(tmp_path, overrides, config_file=DEMO_CONFIG):
     """Run train_net expecting failure: (exit code, non-empty stderr lines)."""
     command = train_net_command(None, overrides, config_file=config_file)

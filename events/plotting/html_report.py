@@ -30,6 +30,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .options import PlotOptions
+from .presentation import step_points
 from .report_page import PAGE_TEMPLATE
 from .report_plan import Panel, Section, Trace, plan_report
 from .smoothing import envelope, smooth, thin
@@ -117,12 +118,14 @@ def _plain_traces(trace: Trace, options: PlotOptions, arrays: _Arrays, axes: Dic
     steps, per-rank timings)."""
     x = trace.table.x_of(trace.series, options.x)
     y = trace.series.values
-    if trace.kind in ("steps", "raw"):
+    if trace.kind == "steps":
+        x, y = thin(*step_points(x, y), options.max_points)
+    elif trace.kind == "raw":
         x, y = thin(x, y, options.max_points)
     markers = trace.kind == "points" and len(y) <= _MAX_MARKERS
     return [dict(axes, type="scatter", mode="lines+markers" if markers else "lines", x=arrays.ref(x), y=arrays.ref(y),
                  name=trace.label, legendgroup=trace.group or trace.label, marker={"size": 6, "color": trace.color},
-                 line={"color": trace.color, "width": trace.width, "dash": trace.dash, "shape": "hv" if trace.kind == "steps" else "linear"},
+                 line={"color": trace.color, "width": trace.width, "dash": trace.dash, "shape": "vh" if trace.kind == "steps" else "linear"},
                  hovertemplate=f"{_esc(trace.label)}<br>%{{x}}: %{{y:.5g}}<extra></extra>")]
 
 
@@ -255,8 +258,9 @@ def render_html_report(tables: Sequence[LogTable], options: PlotOptions,
     title = f"{options.title} — {label}" if options.title else label
     payload = {"arrays": arrays.encoded, "figures": figures, "smoothing": options.smooth.describe()}
     nav = " · ".join(f"<a href='#sec-{s.name}'>{html.escape(s.name)}</a>" for s in sections)
-    section_html = "\n".join(f"<section id='sec-{s.name}'><h2>{html.escape(s.title)}</h2><div class='figure' id='fig-{s.name}'></div></section>"
-                             for s in sections)
+    section_html = "\n".join(
+        f"<section id='sec-{s.name}'><h2>{html.escape(s.title)}</h2><div class='figure' id='fig-{s.name}'></div>"
+        + "".join(f"<p class='note'>{html.escape(note)}</p>" for note in s.notes) + "</section>" for s in sections)
     sources = "".join(f"<li><code>{html.escape(t.source)}</code> ({html.escape(t.format)})</li>" for t in tables)
     replacements = {
         "@@TITLE@@": html.escape(title),

@@ -21,6 +21,7 @@ table.summary td, table.summary th { border: 1px solid #ccc; padding: 2px 6px; t
 table.summary td:nth-child(2), table.summary th:nth-child(2) { text-align: left; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
 .source, .meta { color: #666; font-size: .9em; }
+.note { color: #444; font-size: .85em; margin: .1em 0 .1em 4em; max-width: 60em; }
 </style>
 <script>@@PLOTLY@@</script>
 </head>

@@ -5,18 +5,20 @@ renderers never disagree on what a figure holds. Nothing here draws; ``html_repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from events.readers.table import LogTable, Series
 
 from .families import KeyParts, group_keys, layer_order
-from .figures import (_PANELS_PER_FIGURE, _chunks, _main_train_loss, _train_val_pairs, _training_span,
-                      _validation_panels, generalization_gap, validation_metrics)
+from .figures import (_PANELS_PER_FIGURE, _chunks, _drop_constant, _main_train_loss, _training_span, _validation_panels,
+                      generalization_gap, validation_metrics)
 from .options import PlotOptions
+from .presentation import SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant, with_unit
 from .ranks import rank_panels, rank_styles
 from .style import RUN_COLORS
+from .train_val import train_val_pairs
 
 __all__ = ["Trace", "Panel", "Section", "plan_report"]
 
@@ -26,8 +28,8 @@ class Trace:
     """One series of one run in a panel.
 
     ``kind``: ``curve`` (training scalar: smoothed line, min/max band of the raw points when
-    ``band``), ``steps`` (drawn as logged, as steps: the learning rate), ``raw`` (drawn as
-    logged: per-rank timings) or ``points`` (few points: validation, markers). ``group`` ties the traces a legend entry toggles together.
+    ``band``), ``steps`` (drawn as logged, as steps: a learning rate, ``presentation.step_points``),
+    ``raw`` (drawn as logged: per-rank timings) or ``points`` (few points: validation, markers). ``group`` ties the traces a legend entry toggles together.
     """
 
     label: str
@@ -54,11 +56,13 @@ class Panel:
 
 @dataclass
 class Section:
-    """One figure of the report: ``name`` is the PNG's file stem, ``title`` its heading."""
+    """One figure of the report: ``name`` is the PNG's file stem, ``title`` its heading,
+    ``notes`` the lines the PNG prints under its panels (constant series, what a curve is)."""
 
     name: str
     title: str
     panels: List[Panel]
+    notes: List[str] = field(default_factory=list)
     x_span: Optional[tuple] = None
     columns: int = 3
     panel_legends: bool = False  # a legend in each panel (panels of different series), else one
@@ -91,7 +95,7 @@ def _overview(tables: Sequence[LogTable], total: Sequence[str]) -> List[Panel]:
                     continue
                 color = RUN_COLORS[position] if single else RUN_COLORS[index % len(RUN_COLORS)]
                 label = name if single else f"{_run(table, index)}: {name}" if len(names) > 1 else _run(table, index)
-                kind = "steps" if name == "lr" else "curve"
+                kind = "steps" if is_step_series(name) else "curve"
                 panel.traces.append(Trace(label, color, table, series, kind, band=single and position == 0,
                                           dash="solid" if position == 0 or single else "dash"))
         if title == "learning rate":
@@ -111,9 +115,10 @@ def _layer_trace(final: Trace, colors: Dict[int, str], part: KeyParts) -> Trace:
     """The trace of one decoder layer of a family panel: the final layer drawn as ``final``
     says (black, with the band), an aux layer thinner in its colour."""
     series = final.table.train[part.key]
+    kind = "steps" if is_step_series(part.key) else "curve"
     if part.layer is None:
-        return replace(final, series=series)
-    return Trace(f"layer {part.layer}", colors[part.layer], final.table, series, width=1.2)
+        return replace(final, series=series, kind=kind, band=kind == "curve")
+    return Trace(f"layer {part.layer}", colors[part.layer], final.table, series, kind, width=1.2)
 
 
 def _family(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]], is_loss: bool) -> List[Panel]:
@@ -124,7 +129,7 @@ def _family(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]], is_los
     final_color, final_label = ("#000000", "final layer") if layers else (RUN_COLORS[0], "")
     panels = []
     for base, parts in bases.items():
-        panel = Panel(base, loss=is_loss)
+        panel = Panel(with_unit(base, [base]), loss=is_loss)
         ordered = layer_order(parts)
         if len(tables) == 1:
             table = tables[0]
@@ -134,7 +139,8 @@ def _family(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]], is_los
             for index, table in enumerate(tables):
                 series = table.train.get(ordered[-1].key)
                 if series is not None:
-                    panel.traces.append(Trace(_run(table, index), RUN_COLORS[index % len(RUN_COLORS)], table, series))
+                    panel.traces.append(Trace(_run(table, index), RUN_COLORS[index % len(RUN_COLORS)], table, series,
+                                              "steps" if is_step_series(ordered[-1].key) else "curve"))
         panels.append(panel)
     return panels
 
@@ -176,11 +182,12 @@ def _validation(tables: Sequence[LogTable], chunk: Sequence[tuple]) -> List[Pane
     return panels
 
 
-def _train_val(tables: Sequence[LogTable], options: PlotOptions) -> List[Panel]:
-    """Train (band + smoothed) against validation (markers) per common loss, and below them the
-    generalization gap ``val - smoothed train`` at each evaluation."""
+def _train_val(tables: Sequence[LogTable], options: PlotOptions) -> Section:
+    """Train (band + smoothed) against validation (markers) for each comparison of
+    ``train_val_pairs``, and the generalization gap where they compare like with like; each
+    comparison's note under the figure. Without validation loss: the train loss alone."""
     single = len(tables) == 1
-    pairs = _train_val_pairs(tables)
+    pairs = train_val_pairs(tables)
     if not pairs:
         name = _main_train_loss(tables[0])
         panel = Panel(f"train {name or 'loss'} (no validation loss logged)", loss=True)
@@ -188,65 +195,78 @@ def _train_val(tables: Sequence[LogTable], options: PlotOptions) -> List[Panel]:
             if name in table.train:
                 panel.traces.append(Trace(f"train {name}" if single else _run(table, index),
                                           RUN_COLORS[index % len(RUN_COLORS)], table, table.train[name], band=single))
-        return [panel]
-    panels, gaps = [], []
-    for name in pairs:
-        panel = Panel(f"{name}: train vs validation", loss=True)
+        return Section("train_vs_val", "train vs validation loss", [panel], columns=1, panel_legends=True)
+    tops, gaps = [], []
+    for pair in pairs:
+        title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
+        top = Panel(title if len(title) <= TITLE_CHARS else pair.name, loss=True)
         gap_panel = Panel("generalization gap (val − smoothed train)", zero_line=True)
         for index, table in enumerate(tables):
             prefix = "" if single else f"{_run(table, index)}: "
-            train, val = table.train.get(name), table.val.get(name)
+            train, val = pair.train(table), pair.val(table)
+            color_val = RUN_COLORS[1 if single else index % len(RUN_COLORS)]
             if train is not None:
-                panel.traces.append(Trace(f"{prefix}train", RUN_COLORS[0 if single else index % len(RUN_COLORS)],
-                                          table, train, band=single))
+                top.traces.append(Trace(f"{prefix}train", RUN_COLORS[0 if single else index % len(RUN_COLORS)], table, train,
+                                        band=single))
             if val is not None:
-                panel.traces.append(Trace(f"{prefix}validation", RUN_COLORS[1 if single else index % len(RUN_COLORS)],
-                                          table, val, "points", dash="dash"))
-            gap = generalization_gap(train, val, options) if train is not None and val is not None else None
+                top.traces.append(Trace(f"{prefix}validation", color_val, table, val, "points", dash="dash"))
+            gap = generalization_gap(train, val, options) if pair.gap and train is not None and val is not None else None
             if gap is not None:
-                gap_panel.traces.append(Trace(f"{prefix}val − train", RUN_COLORS[1 if single else index % len(RUN_COLORS)],
-                                              table, gap, "points"))
-        panels.append(panel)
-        gaps.append(gap_panel)
-    return panels + gaps
+                gap_panel.traces.append(Trace(f"{prefix}val − train", color_val, table, gap, "points"))
+        tops.append(top)
+        if pair.gap:
+            gaps.append(gap_panel)
+    return Section("train_vs_val", "train vs validation loss", tops + gaps, columns=len(tops), panel_legends=True,
+                   notes=[pair.note for pair in pairs if pair.note])
 
 
 def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Section]:
-    """The report's sections, in the PNG figures' order and with their file stems as names."""
+    """The report's sections, in the PNG figures' order and with their file stems as names;
+    series that never change get a note, not a panel, as in ``plan_figures`` (a note whose
+    figure is left without panels goes on the first section)."""
     train_names = list(dict.fromkeys(n for t in tables for n in t.train))
     groups = group_keys(train_names)
-    head = f"{options.title} — " if options.title else ""
     sections: List[Section] = []
+    orphans: List[str] = []
+
+    def add(stem: str, title: str, panels: List[Panel], note: Optional[str], per: int = _PANELS_PER_FIGURE, **layout: Any) -> None:
+        chunks = _chunks(panels, per) if panels else []
+        if not chunks and note:
+            orphans.append(note)
+        for number, chunk in enumerate(chunks):
+            notes = [note] if note and number == len(chunks) - 1 else []
+            sections.append(Section(stem + (f"_{number + 1}" if number else ""), title, chunk, notes=notes, **layout))
+
     if groups.total or "lr" in train_names or "time" in train_names:
-        sections.append(Section("overview", f"{head}overview", _overview(tables, groups.total), columns=1,
-                                panel_legends=True))
-    for family, bases in groups.loss_families.items():
-        for number, chunk in enumerate(_chunks(list(bases.items()), _PANELS_PER_FIGURE)):
-            what = "losses" if family == "loss" else f"{family} losses"
-            sections.append(Section(f"losses_{family}" + (f"_{number + 1}" if number else ""), f"{head}{what}",
-                                    _family(tables, dict(chunk), True)))
-    for number, chunk in enumerate(_chunks(list(groups.other_bases.items()), _PANELS_PER_FIGURE)):
-        if chunk:
-            sections.append(Section("metrics" + (f"_{number + 1}" if number else ""), f"{head}other training scalars",
-                                    _family(tables, dict(chunk), False)))
+        sections.append(Section("overview", "overview", _overview(tables, groups.total), columns=1, panel_legends=True))
+    for family, family_bases in groups.loss_families.items():
+        bases, note = _drop_constant(tables, family_bases)
+        add(f"losses_{family}", "losses" if family == "loss" else f"{family} losses", _family(tables, bases, True), note)
+    bases, note = _drop_constant(tables, groups.other_bases)
+    add("metrics", "other training scalars", _family(tables, bases, False), note)
     if groups.split_bases:
-        sections.append(Section("real_vs_synthetic", f"{head}real vs synthetic", _splits(tables, groups.split_bases)))
-    metrics = validation_metrics(tables)
-    if len(tables) == 1:
-        panel_chunks = [_validation_panels(tables, metrics)] if metrics else []
-    else:
-        panel_chunks = _chunks([(name, [name]) for name in metrics], _PANELS_PER_FIGURE) if metrics else []
+        grey = len(tables) == 1 and any(base in tables[0].train for base in groups.split_bases)
+        sections.append(Section("real_vs_synthetic", "real vs synthetic", _splits(tables, groups.split_bases),
+                                notes=[SPLIT_FIGURE_NOTE] if grey else []))
+    metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in validation_metrics(tables)})
+    note = constant_note(constant, "evaluation")
     span = _training_span(tables, options)
-    for number, chunk in enumerate(panel_chunks):
-        sections.append(Section("validation" + (f"_{number + 1}" if number else ""), f"{head}validation",
-                                _validation(tables, chunk), x_span=span,
-                                columns=2 if len(tables) == 1 else 3, panel_legends=len(tables) == 1))
-    ranked = next((t for t in tables if rank_panels(t)), None)
+    if len(tables) == 1:
+        panels = _validation_panels(tables, metrics)
+        add("validation", "validation", _validation(tables, panels), note, per=len(panels) or 1, x_span=span, columns=2,
+            panel_legends=True)
+    else:  # runs compared: a panel per metric, so that the legend only names runs
+        add("validation", "validation", _validation(tables, [(with_unit(n, [n]), [n]) for n in metrics]), note, x_span=span)
     if any(_main_train_loss(t) for t in tables):
-        sections.append(Section("train_vs_val", f"{head}train vs validation loss", _train_val(tables, options),
-                                columns=len(_train_val_pairs(tables)) or 1, panel_legends=True))
+        sections.append(_train_val(tables, options))
+    ranked = next((t for t in tables if rank_panels(t)), None)
     if ranked is not None:
-        sections.append(Section("ranks", f"{head}ranks", _ranks(ranked), columns=1))  # one legend: a rank toggles everywhere
+        sections.append(Section("ranks", "ranks", _ranks(ranked), columns=1))  # one legend: a rank toggles everywhere
+    if sections and orphans:
+        sections[0].notes.extend(orphans)
+    head = f"{options.title} — " if options.title else ""
+    for section in sections:
+        section.title = head + section.title
     return sections
 
 
