@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -120,6 +121,20 @@ def test_readme_python_snippet_runs_as_written(relation_run, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {})
     assert page_data((tmp_path / "outputs" / "demo" / "report.html").read_text(encoding="utf-8"))["figures"]
+
+
+def test_readme_html_commands_run_as_written(relation_run, tmp_path):
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    commands = [line for line in readme.splitlines() if line.startswith("python tools/vis_train_log.py") and "--html" in line]
+    assert len(commands) == 2
+    for run in ("outputs/demo", "outputs/a", "outputs/b"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "metrics.json").write_bytes((relation_run / "metrics.json").read_bytes())
+    for command in commands:
+        argv = shlex.split(command.split("#")[0])
+        result = subprocess.run([sys.executable, VIS] + argv[2:], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+        assert page_data((tmp_path / argv[argv.index("--html") + 1]).read_text(encoding="utf-8"))["figures"], command
 
 
 def test_missing_plotly_is_one_line_naming_the_extra(relation_run, tmp_path, monkeypatch):
