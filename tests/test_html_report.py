@@ -2,6 +2,7 @@
 small enough for a 100k-iteration x 66-key run, and working in a real browser (Chromium)."""
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import os
@@ -111,6 +112,13 @@ def test_vis_train_log_html_and_compare(relation_run, tmp_path):
     data = page_data(out.read_text(encoding="utf-8"))
     names = {trace.get("name") for figure in data["figures"] for trace in figure["figure"]["data"]}
     assert {relation_run.name, "other"} <= names  # one legend entry per run
+    # The summary table holds the numbers of summary.md, row for row.
+    markdown = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    md_rows = [tuple(c.strip() for c in line.strip("|").split("|")) for line in markdown.splitlines()
+               if line.startswith("| ") and not line.startswith("| split")]
+    page = out.read_text(encoding="utf-8")
+    html_rows = [tuple(html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)) for row in re.findall(r"<tr>(<td>.*?)</tr>", page)]
+    assert len(md_rows) > 100 and html_rows == md_rows
 
 
 def test_readme_python_snippet_runs_as_written(relation_run, tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ from .report_page import PAGE_TEMPLATE
 from .report_plan import Panel, Section, Trace, plan_report
 from .smoothing import envelope, smooth, thin
 from .style import PlottingUnavailable
-from .summary import _TABLE_COLUMNS, RunSummary, _cell, _headline, summarize
+from .summary import _CONVERGENCE_RULE, TABLE_COLUMNS, TOO_FEW_POINTS, RunSummary, _headline, convergence_text, summarize, table_cells
 
 __all__ = ["write_html_report", "render_html_report", "find_config"]
 
@@ -154,7 +154,7 @@ def _section_figure(section: Section, tables: Sequence[LogTable], options: PlotO
         "height": height, "margin": {"t": _TOP, "b": _BOTTOM, "l": 60, "r": 20}, "hovermode": "closest",
         "legend": {"x": 1.01, "y": 1, "xanchor": "left", "font": {"size": 11}}, "annotations": [], "shapes": [],
         "plot_bgcolor": "white", "paper_bgcolor": "white", "font": {"size": 11},
-        "meta": {"lossAxes": [], "logAxes": []},
+        "meta": {"lossAxes": []},
     }
     data: List[Dict[str, Any]] = []
     seen_labels = set()
@@ -174,7 +174,7 @@ def _section_figure(section: Section, tables: Sequence[LogTable], options: PlotO
             x_axis["matches"] = "x"
         if options.x == "iter":
             x_axis["hoverformat"] = ",.0f"
-        if row == rows - 1 or index + cols >= count:
+        if index + cols >= count:  # the lowest panel of its column
             x_axis["title"] = {"text": x_title, "standoff": 4}
         if section.x_span:
             low, high = section.x_span
@@ -213,12 +213,13 @@ def _summary_html(summaries: Sequence[RunSummary]) -> str:
     """The numbers of summary.md: each run's headline lines and its table."""
     parts = []
     for run in summaries:
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(getattr(key, column)))}</td>" for column in _TABLE_COLUMNS) + "</tr>"
-                       for key in run.keys)
-        head = "".join(f"<th>{column}</th>" for column in _TABLE_COLUMNS)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in table_cells(key)) + "</tr>" for key in run.keys)
+        head = "".join(f"<th>{column}</th>" for column in TABLE_COLUMNS)
         lines = "".join(f"<li>{html.escape(line)}</li>" for line in _headline(run, max_best=len(run.keys)))
         parts.append(f"<h3>{html.escape(run.label)}</h3><p class='source'>Source: <code>{html.escape(run.source)}</code></p>"
                      f"<ul>{lines}</ul><table class='summary'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        if any(convergence_text(key) == TOO_FEW_POINTS for key in run.keys):  # as under summary.md's table
+            parts.append(f"<p class='note'>{html.escape(_CONVERGENCE_RULE)}.</p>")
     return "\n".join(parts)
 
 

@@ -48,7 +48,7 @@ _CSV_COLUMNS = (
     "run", "split", "key", "points", "non_finite", "initial", "final", "min", "max", "mean", "std", "change",
     "change_pct", "last_window_cv", "converged", "spikes", "first_spike_step", "slope", "best", "best_step",
 )
-_TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
+TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
 # Validation metrics worth a headline line: the main AP / mAP, recalls, the validation loss.
 _HEADLINE_METRIC = re.compile(r"(?:^|/)(?:AP|mAP|bbox_mAP|segm_mAP|SGMeanRecall@\d+|SGRecall@\d+|mIoU|PQ|total_loss|loss)$")
 
@@ -323,11 +323,15 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
 
 
 
+def table_cells(key: KeySummary) -> List[str]:
+    """The cells of ``key``'s row in summary.md's table (and report.html's), in ``TABLE_COLUMNS`` order."""
+    return [convergence_text(key) if column == "converged" else _cell(getattr(key, column)) for column in TABLE_COLUMNS]
+
+
 def _markdown_table(keys: Sequence[KeySummary]) -> List[str]:
-    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "---|" * len(_TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for key in keys:
-        cells = [convergence_text(key) if column == "converged" else _cell(getattr(key, column)) for column in _TABLE_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(table_cells(key)) + " |")
     if any(convergence_text(key) == TOO_FEW_POINTS for key in keys):
         lines += ["", _CONVERGENCE_RULE + "."]
     return lines
