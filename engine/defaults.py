@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,9 +20,59 @@ from engine.logger import setup_logger
 logger = logging.getLogger(__name__)
 
 
+class _OptionsAnywhereParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose options may also follow the trailing ``KEY VALUE`` overrides:
+    ``... SOLVER.MAX_ITER 50 --resume`` means ``... --resume SOLVER.MAX_ITER 50`` (plain argparse
+    would take ``--resume`` for a config key). A ``--option`` it does not know, where a KEY
+    belongs, is a usage error naming the options."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        start = self._overrides_start(args)
+        options, overrides = self._split_options(args[start:])
+        parsed, extras = super().parse_known_args(args[:start] + options + overrides, namespace)
+        for key in overrides[0::2]:
+            if key.startswith("--"):
+                known = ", ".join(a.option_strings[-1] for a in self._actions if a.option_strings)
+                self.error(f"unrecognized option {key} (the options are {known})")
+        return parsed, extras
+
+    def _action(self, token: str) -> Optional[argparse.Action]:
+        return self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+
+    def _takes_value(self, token: str) -> bool:
+        action = self._action(token)
+        return action is not None and action.nargs != 0 and "=" not in token
+
+    def _overrides_start(self, args: List[str]) -> int:
+        """Index of the first ``KEY`` in ``args``: the first token that is neither an option
+        nor an option's value (where ``argparse.REMAINDER`` starts)."""
+        i = 0
+        while i < len(args) and args[i].startswith("-"):
+            i += 1 + self._takes_value(args[i])
+        return i
+
+    def _split_options(self, opts: List[str]) -> Tuple[List[str], List[str]]:
+        """``(this parser's options with their values, the KEY VALUE overrides)`` of ``opts``."""
+        options: List[str] = []
+        overrides: List[str] = []
+        i = 0
+        while i < len(opts):
+            # Only where a KEY belongs: a VALUE may be anything, even "--resume".
+            if len(overrides) % 2 or not opts[i].startswith("--") or self._action(opts[i]) is None:
+                overrides.append(opts[i])
+                i += 1
+                continue
+            end = i + 1 + self._takes_value(opts[i])
+            options += opts[i:end]
+            i = end
+        return options, overrides
+
+
 def default_argument_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    """``--config-file``, ``--resume``, ``--output-dir`` and trailing ``KEY VALUE`` overrides."""
-    parser = argparse.ArgumentParser(
+    """``--config-file``, ``--resume``, ``--output-dir`` and ``KEY VALUE`` overrides; the options
+    may also come after the overrides."""
+    parser = _OptionsAnywhereParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n"
