@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import random
+import shlex
 import sys
 from typing import List, Optional, Tuple
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 
 from engine import comm
 from engine.logger import setup_logger
+from events.secret_redaction import redact_argv
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,38 @@ def output_dir_override(args: argparse.Namespace) -> List[str]:
     return ["OUTPUT_DIR", os.path.join("outputs", f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}")]
 
 
+def command_line(cfg=None) -> str:
+    """This process's command line, shell-quoted, for log.txt and run records: an argument that
+    holds a secret (by the rules that redact config.yaml, including any value ``cfg``'s
+    redaction hides) reads ``<redacted>``."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None
+    return shlex.join(redact_argv(sys.argv, config))
+
+
+def resume_command(cfg, world_size: int = 1) -> str:
+    """The command that continues this run: this process's command line (secrets redacted as
+    in ``command_line``) with ``--resume``, and ``--output-dir`` pinned to the run's directory
+    (``--output-dir auto`` would start a fresh one)."""
+    argv = shlex.split(command_line(cfg))
+    args: List[str] = []
+    skip_next = False
+    for arg in argv[1:]:
+        if skip_next:
+            args.append(cfg.OUTPUT_DIR)
+            skip_next = False
+        elif arg.startswith("--output-dir="):
+            args.append(f"--output-dir={cfg.OUTPUT_DIR}")
+        else:
+            skip_next = arg == "--output-dir"
+            args.append(arg)
+    if "--resume" not in args:
+        args.insert(0, "--resume")
+    launcher = ["torchrun", f"--nproc_per_node={world_size}"] if world_size > 1 else ["python"]
+    return shlex.join([*launcher, argv[0], *args])
+
+
 def init_distributed_from_env() -> None:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
@@ -162,9 +196,10 @@ def seed_all(seed: int) -> int:
     return seed
 
 
-def default_setup(output_dir: str, seed: int, resume: bool = False) -> logging.Logger:
+def default_setup(output_dir: str, seed: int, resume: bool = False, command: Optional[str] = None) -> logging.Logger:
     """Create ``output_dir``, archive an earlier run there unless resuming, log to
-    ``<output_dir>/log.txt`` (rank 0) and seed everything.
+    ``<output_dir>/log.txt`` (rank 0) and seed everything. ``command``: the command line to log
+    (default ``command_line()``; pass ``command_line(cfg)`` to redact what the config hides).
 
     Fails with one line naming the directory when it cannot be created or written.
     """
@@ -180,7 +215,7 @@ def default_setup(output_dir: str, seed: int, resume: bool = False) -> logging.L
         raise SystemExit(f"error: cannot write to output directory {output_dir!r}: {e.strerror or e}") from None
     if archived:
         root.info("Fresh start: the earlier run in %s was moved to %s (use --resume to continue a run)", output_dir, archived)
-    root.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
+    root.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), command or command_line())
     root.info("Python %s, torch %s", sys.version.split()[0], torch.__version__)
     root.info("Using seed %d", seed_all(seed))
     return root
