@@ -209,6 +209,7 @@ class WandbWriter(EventWriter):
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
             )
         self._last_write = -1
+        self._abandoned = False
         if resume:
             self._last_write = self._held_iteration(sent, resume_iter)
             if self._last_write >= 0:
@@ -288,6 +289,13 @@ class WandbWriter(EventWriter):
             _write_state(self._state_file, {"run_id": self._run.id, "last_iteration": self._last_write})
 
     def write(self) -> None:
+        try:
+            self._write()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _write(self) -> None:
         storage = get_event_storage()
         rows: Dict[int, Dict[str, Any]] = defaultdict(dict)
         for key, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -308,4 +316,23 @@ class WandbWriter(EventWriter):
             self._save_state()
 
     def close(self) -> None:
-        self._run.finish()
+        if self._abandoned:
+            return
+        try:
+            self._run.finish()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """After a failure (typically: the wandb-core process died), shut wandb down in this
+        process. Otherwise wandb's hooks keep talking to the dead process: its import hook
+        turns a later ``import`` (orjson, when the loss graph is drawn) into a
+        ``ConnectionResetError``, and its exit hook prints a traceback at interpreter exit."""
+        self._abandoned = True
+        import wandb
+
+        try:
+            wandb.teardown()
+        except Exception as error:  # the dead connection, again: the hooks are gone already
+            logger.debug("wandb.teardown() after a W&B failure: %s", error)
