@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from engine import comm
 from engine.logger import setup_logger
@@ -115,8 +116,6 @@ def command_line(cfg=None) -> str:
     """This process's command line, shell-quoted, for log.txt and run records: an argument that
     holds a secret (by the rules that redact config.yaml, including any value ``cfg``'s
     redaction hides) reads ``<redacted>``."""
-    from omegaconf import OmegaConf
-
     config = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None
     return shlex.join(redact_argv(sys.argv, config))
 

@@ -2,13 +2,14 @@
 """Train the demo relation DETR on synthetic scenes with every telemetry hook and writer on.
 
     python tools/train_net.py --config-file configs/demo.yaml
-    python tools/train_net.py --config-file configs/demo.yaml --resume     # after a crash
+    python tools/train_net.py --config-file configs/demo.yaml --resume     # after a crash or Ctrl-C
     torchrun --nproc_per_node 2 tools/train_net.py --config-file configs/demo.yaml
 
 This script is also the reference for wiring the telemetry into your own trainer: build the
 model, criterion and data, then register the hooks in the order below (PeriodicWriter last).
 The output directory receives log.txt, metrics.json, TensorBoard events, a W&B offline run,
-checkpoints, config.yaml, train_history.json and loss_graph.png.
+checkpoints, config.yaml, train_history.json and loss_graph.png. Ctrl-C or SIGTERM stops after
+the current step with every writer flushed and a checkpoint of that step (exit 130 / 143).
 """
 from __future__ import annotations
 
