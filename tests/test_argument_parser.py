@@ -42,3 +42,17 @@ def test_an_unknown_option_among_the_overrides_is_a_usage_error(capsys):
     assert info.value.code == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert "unrecognized option --resum" in error and "--resume" in error
+
+
+def test_resume_command_continues_in_the_same_directory(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from engine.defaults import resume_command
+
+    cfg = OmegaConf.create({"OUTPUT_DIR": "outputs/demo-20260101-120000", "WANDB": {"GROUP": "g"}})
+    monkeypatch.setattr("sys.argv", ["tools/train_net.py", "--config-file", "c.yaml", "--output-dir", "auto", "SOLVER.MAX_ITER", "50"])
+    assert resume_command(cfg) == (
+        "python tools/train_net.py --resume --config-file c.yaml --output-dir outputs/demo-20260101-120000 SOLVER.MAX_ITER 50"
+    )
+    monkeypatch.setattr("sys.argv", ["tools/train_net.py", "--config-file", "c.yaml", "--resume"])
+    assert resume_command(cfg, world_size=2) == "torchrun --nproc_per_node=2 tools/train_net.py --config-file c.yaml --resume"
