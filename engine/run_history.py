@@ -22,8 +22,15 @@ HISTORY_FILE = "train_history.json"
 class RunHistory:
     """The ``train_history.json`` of one run directory, with this session appended."""
 
-    def __init__(self, output_dir: str, config_file: str, start_iter: int, resumed: bool, command: str):
-        """``command``: the command line, secrets redacted (``engine.defaults.command_line(cfg)``)."""
+    def __init__(
+        self, output_dir: str, config_file: str, start_iter: int, resumed: bool, command: Optional[str] = None
+    ):
+        """``command``: the command line to record; default ``engine.defaults.command_line()``
+        (pass ``command_line(cfg)`` so that what the config hides is hidden here too)."""
+        if command is None:
+            from engine.defaults import command_line  # here: tools/list_runs.py needs no torch
+
+            command = command_line()
         self.path = os.path.join(output_dir, HISTORY_FILE)
         self.sessions: List[Dict[str, Any]] = []
         if os.path.exists(self.path):

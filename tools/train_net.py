@@ -88,7 +88,8 @@ def main(args) -> int:
             cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args))
             notice = completed_run_notice(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER) if args.resume else None
             if notice:
-                print(notice)
+                if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+                    print(notice)
                 return 0
             trainer, start_iter, resumed = build_trainer(cfg, args)
         except ConfigError as e:
