@@ -61,8 +61,9 @@ def build_writers(
         if cfg.WANDB.ENABLED:
             candidates.append(("WandbWriter", lambda: _wandb_writer(cfg, output_dir, config, resume_iter, tb_enabled)))
         if tb_enabled:
+            tb_config = redact_secrets(config)[0]
             candidates.append(
-                ("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, redact_secrets(config)[0], resume_iter))
+                ("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, tb_config, resume_iter))
             )
 
     writers = [build_guarded(name, factory, strict=strict) for name, factory in candidates]

@@ -49,10 +49,13 @@ def test_resume_command_continues_in_the_same_directory(monkeypatch):
 
     from engine.defaults import resume_command
 
-    cfg = OmegaConf.create({"OUTPUT_DIR": "outputs/demo-20260101-120000", "WANDB": {"GROUP": "g"}})
-    monkeypatch.setattr("sys.argv", ["tools/train_net.py", "--config-file", "c.yaml", "--output-dir", "auto", "SOLVER.MAX_ITER", "50"])
+    run_dir = "outputs/demo-20260101-120000"
+    cfg = OmegaConf.create({"OUTPUT_DIR": run_dir, "WANDB": {"GROUP": "g"}})
+    argv = ["tools/train_net.py", "--config-file", "c.yaml", "--output-dir", "auto", "SOLVER.MAX_ITER", "50"]
+    monkeypatch.setattr("sys.argv", argv)
     assert resume_command(cfg) == (
-        "python tools/train_net.py --resume --config-file c.yaml --output-dir outputs/demo-20260101-120000 SOLVER.MAX_ITER 50"
+        f"python tools/train_net.py --resume --config-file c.yaml --output-dir {run_dir} SOLVER.MAX_ITER 50"
     )
     monkeypatch.setattr("sys.argv", ["tools/train_net.py", "--config-file", "c.yaml", "--resume"])
-    assert resume_command(cfg, world_size=2) == "torchrun --nproc_per_node=2 tools/train_net.py --config-file c.yaml --resume"
+    expected = "torchrun --nproc_per_node=2 tools/train_net.py --config-file c.yaml --resume"
+    assert resume_command(cfg, world_size=2) == expected

@@ -99,7 +99,9 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run):
     before = snapshot(output_dir)
     # --resume after the KEY VALUE overrides, where a user appends it to the previous command.
     command = train_net_command(output_dir, overrides) + ["--resume"]
-    result = subprocess.run(command, cwd=root, env=train_net_env(root), capture_output=True, text=True, timeout=DEADLINE_S)
+    result = subprocess.run(
+        command, cwd=root, env=train_net_env(root), capture_output=True, text=True, timeout=DEADLINE_S
+    )
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.strip()]
     assert "is complete" in line and f"iteration {FINISHED_MAX_ITER - 1}" in line and str(output_dir) in line
@@ -201,15 +203,17 @@ def wandb_core_of(pid: int) -> int:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"wandb-core") and b"--pid" in argv and argv[argv.index(b"--pid") + 1] == str(pid).encode():
-            return int(entry)
+        if argv[0].endswith(b"wandb-core") and b"--pid" in argv:
+            if argv[argv.index(b"--pid") + 1] == str(pid).encode():
+                return int(entry)
     raise AssertionError(f"no wandb-core process serves pid {pid}")
 
 
 def test_killed_wandb_service_disables_only_the_wandb_writer(tmp_path):
     output_dir = tmp_path / "out"
     max_iter = 12
-    process = start(train_net_command(output_dir, [*SMALL, "SOLVER.MAX_ITER", max_iter]), tmp_path, train_net_env(tmp_path))
+    command = train_net_command(output_dir, [*SMALL, "SOLVER.MAX_ITER", max_iter])
+    process = start(command, tmp_path, train_net_env(tmp_path))
     wait_for_iteration(process, output_dir / "metrics.json", 2)
     os.kill(wandb_core_of(process.pid), signal.SIGKILL)
     code, _, stderr = finish(process, tmp_path)

@@ -197,7 +197,9 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     Returns the exit code: 0, 1 (non-finite values) or 128 + signal (stopped by Ctrl-C/SIGTERM).
     """
     output_dir = cfg.OUTPUT_DIR
-    history = RunHistory(output_dir, config_file, start_iter, resumed, command_line(cfg)) if comm.is_main_process() else None
+    history = None
+    if comm.is_main_process():
+        history = RunHistory(output_dir, config_file, start_iter, resumed, command_line(cfg))
 
     def final_values() -> Dict[str, Any]:
         storage = trainer.storage
