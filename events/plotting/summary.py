@@ -146,7 +146,10 @@ def _slope(steps: np.ndarray, values: np.ndarray) -> float:
     finite = np.isfinite(values)
     if finite.sum() < 2 or np.ptp(steps[finite]) == 0:
         return math.nan
-    return float(np.polyfit(steps[finite], values[finite], 1)[0])
+    try:
+        return float(np.polyfit(steps[finite], values[finite], 1)[0])
+    except np.linalg.LinAlgError:  # values near the float limit overflow inside the fit: no trend to tell
+        return math.nan
 
 
 def _key_summary(split: str, name: str, series: Series, spec: SmoothSpec) -> Optional[KeySummary]:

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from .assemble import Collected, RecordCollector
 from .json_formats import collect_stepped, step_key_of
 from .table import SkippedLines
-from .values import MISSING_TOKENS, clean_line, parse_number
+from .values import MISSING_TOKENS, clean_line, is_usable_step, parse_number
 
 __all__ = ["collect_csv", "looks_like_csv_header"]
 
@@ -63,7 +63,8 @@ def _merge_sparse_rows(numbers: List[int], records: List[Record], step_key: str)
     merged: List[Record] = []
     for number, record in zip(numbers, records):
         previous = merged[-1] if merged else None
-        if previous is not None and step_key in record and previous.get(step_key) == record[step_key] and _agrees(previous, record):
+        step = record.get(step_key)
+        if previous is not None and is_usable_step(step) and previous.get(step_key) == step and _agrees(previous, record):
             previous.update(record)
             continue
         merged_numbers.append(number)

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from .assemble import Collected, RecordCollector
 from .table import SkippedLines
-from .values import json_number
+from .values import is_usable_step, json_number
 
 __all__ = ["detect_json_format", "collect_json", "collect_stepped", "step_key_of", "stepped_key", "JSON_FORMATS"]
 
@@ -115,14 +115,14 @@ def _collect_detr(records: List[Tuple[int, Record]], skipped: SkippedLines, coll
 
 def _mmdet_records(records: List[Tuple[int, Record]], skipped: SkippedLines) -> List[Tuple[int, Record, float, float]]:
     """``(line, record, epoch, iter)`` of the train and val records; those whose epoch or iter
-    is not a number are skipped lines (the env/config metadata line has no mode: ignored)."""
+    is not a finite number (below ``MAX_STEP``) are skipped lines (the env/config metadata line has no mode: ignored)."""
     usable = []
     for line, record in records:
         if record.get("mode") not in ("train", "val"):
             continue
         epoch, inner = json_number(record.get("epoch")), json_number(record.get("iter", 0))
-        if epoch is None or inner is None:
-            skipped.add_line(line, "'epoch' or 'iter' is not a number")
+        if not (is_usable_step(epoch) and is_usable_step(inner)):  # one absurd iter would scale every step
+            skipped.add_line(line, "'epoch' or 'iter' is not a usable number")
             continue
         usable.append((line, record, epoch, inner))
     return usable
@@ -152,8 +152,9 @@ def _collect_mmengine(records: List[Tuple[int, Record]], skipped: SkippedLines, 
     steps = []
     for line, record in records:
         step = json_number(record.pop("step", record.get("iter")))
-        if step is None:
-            skipped.add_line(line, "no numeric 'step'")
+        if not is_usable_step(step):  # a validation record would otherwise land at the first epoch's end
+            skipped.add_line(line, "no numeric 'step'" if step is None else f"step {step:g} is not a usable iteration")
+            step = None
         steps.append(step)
     last_step_of_epoch: Dict[float, float] = {}
     for (_, record), step in zip(records, steps):

@@ -7,8 +7,8 @@
 Epoch-based training counts steps as MMEngine's scalars.json does, ``(epoch - 1) * iterations
 per epoch + iteration``, and gives a fractional epoch axis (``epoch - 1 + iteration / per epoch``);
 iteration-based training (``Iter(train) [i/n]``) steps by ``i``. A validation or test line whose
-``[i/n]`` is complete is the evaluation's result: a validation record at the end of its epoch
-(iteration-based: at the last training step). Val progress lines (``[5/16]`` with eta and batch
+``[i/n]`` is complete is the evaluation's result: a validation record at the last training step
+logged before it (where MMEngine's scalars.json puts it too). Val progress lines (``[5/16]`` with eta and batch
 times) hold no metric and are passed over; the config dump and other messages are ignored.
 """
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Iterable, Optional
 from .assemble import Collected, RecordCollector
 from .detectron2_log import numeric_fields, split_fields, timestamp_seconds
 from .table import SkippedLines
-from .values import clean_line, json_number
+from .values import clean_line
 
 __all__ = ["collect_mmengine_log"]
 
 _LOOP_MARKS = ("Epoch(", "Iter(")
-_PROGRESS = re.compile(r"\b(Epoch|Iter)\((train|val|test)\)\s*(?:\[\s*(\d+)\s*\])?\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")
+# At most 18 digits: a longer number is damage (and int() refuses over 4,300 digits).
+_PROGRESS = re.compile(r"\b(Epoch|Iter)\((train|val|test)\)\s*(?:\[\s*(\d{1,18})\s*\])?\s*\[\s*(\d{1,18})\s*/\s*(\d{1,18})\s*\]")
 
 
 class _Reader:
@@ -32,7 +33,6 @@ class _Reader:
         self.skipped = skipped
         self.collector = RecordCollector()
         self.last_train_step = 0.0
-        self.iters_per_epoch: Optional[float] = None
 
     def line(self, number: int, line: str) -> None:
         match = _PROGRESS.search(line)
@@ -41,8 +41,8 @@ class _Reader:
                 self.skipped.add_line(number, "loop progress line without a readable [iteration/total]")
             return
         style, mode, epoch_text, inner_text, total_text = match.groups()
-        epoch = json_number(int(epoch_text)) if epoch_text else None
-        inner, total = json_number(int(inner_text)), json_number(int(total_text))
+        epoch = float(epoch_text) if epoch_text else None
+        inner, total = float(inner_text), float(total_text)
         if style == "Epoch" and (epoch is None or not total):
             self.skipped.add_line(number, "Epoch() line without an epoch or with 0 iterations")
             return
@@ -62,7 +62,6 @@ class _Reader:
         if epoch is not None:  # Epoch(train) [e][i/n]
             step = (epoch - 1) * total + inner
             values["epoch"] = (epoch - 1) + inner / total
-            self.iters_per_epoch = total
         moment = timestamp_seconds(line)
         if moment is not None:
             values["wall_time"] = moment
@@ -71,12 +70,9 @@ class _Reader:
 
     def evaluation(self, number: int, mode: str, values: dict, epoch: Optional[float]) -> None:
         record = {f"{mode}/{name}": value for name, value in values.items()}
-        step = self.last_train_step
         if epoch is not None:
             record["epoch"] = epoch
-            if self.iters_per_epoch is not None:
-                step = epoch * self.iters_per_epoch
-        self.collector.add(step, record, number)
+        self.collector.add(self.last_train_step, record, number)
 
 
 def collect_mmengine_log(lines: Iterable[str], skipped: SkippedLines) -> Collected:

@@ -66,7 +66,7 @@ def json_number(value: object) -> Optional[float]:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def is_usable_step(step: Optional[float]) -> bool:
