@@ -4,19 +4,24 @@ NUL-filled tail, NaN/inf/absurd steps, a first record over 1 MiB) never make a r
 summary numbers raise anything but a one-line LogReadError naming the file.
 
 Over 1,000 generated cases per run (the ``max_examples`` below), each on a short real log."""
+import csv
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events.plotting.cli import main
 from events.plotting.summary import summarize
 from events.readers import LogReadError, read_runs, sniff_format
 from events.readers.values import MAX_STEP
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
 SAMPLE_LINES = 40
 # The first lines of the training part of each real log (whole files would make each case slow).
 SAMPLES = {}
@@ -253,3 +258,56 @@ def test_a_first_record_over_1_mib_is_still_json(tmp_path_factory, name, size):
     clean = read_checked(write(tmp_path_factory, name, SAMPLES[name]))
     assert tables is not None and tables[-1].format == FORMAT[name]
     assert set(tables[-1].train) == set(clean[-1].train)
+
+
+WASTE = "d2-metrics__Elbhnasy__Medical_Waste_Detection_Detectron2.json"
+REPLOT = ["--quick", "--dpi", "40", "--jobs", "1"]
+
+
+def _nastiest(folder):
+    """Whole files of the cases that went to a traceback through tools/vis_train_log.py."""
+    metrics = [line for line in SAMPLES[WASTE] if line]
+    lightning = SAMPLES["lightning-csvlogger-metrics.csv"]
+    cases = {
+        "deep.json": [b"[" * 100_000 for _ in metrics],
+        "nested.json": [b'{"a": ' * 5_000 + b"1" + b"}" * 5_000 for _ in metrics],
+        "huge.json": [with_raw_value(json.loads(line), "iteration", "1" + "0" * 400) for line in metrics],
+        "text_iter.log.json": [with_raw_value(r, "iter", json.dumps(str(r["iter"]))) if "iter" in r else json.dumps(r).encode()
+                               for r in record_lines(SAMPLES["mmdet-log__boostcampaitech2__object-detection-level2-cv-15.json"]).values()],
+        "crash.csv": [lightning[0], bytes(200_000)],
+    }
+    for name, lines in cases.items():
+        (folder / name).write_bytes(b"\n".join(lines))
+    return [folder / name for name in cases]
+
+
+def test_nastiest_cases_through_the_replot_are_one_error_line(tmp_path, capsys):
+    for path in _nastiest(tmp_path):
+        code = main(["--log-file", str(path), "--output-dir", str(tmp_path / "plots"), *REPLOT])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {path}: no training records found"), err
+    # The script itself, as a user runs it.
+    huge = tmp_path / "huge.json"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "vis_train_log.py"), "--log-file", str(huge),
+                             "--output-dir", str(tmp_path / "plots")], capture_output=True, text=True)
+    records = len([line for line in SAMPLES[WASTE] if line])
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {huge}: no training records found (read as a detectron2 metrics.json); {huge}: skipped "
+                             f"{records} unreadable lines (e.g. line 1: step inf is not a usable iteration; line 2: step inf "
+                             "is not a usable iteration; line 3: step inf is not a usable iteration)\n")
+
+
+def test_nan_and_infinite_steps_are_left_out_of_the_replot(tmp_path, capsys):
+    lines = list(SAMPLES[WASTE])
+    for index, token in ((3, "NaN"), (7, "1e400"), (11, "-Infinity")):
+        lines[index] = with_raw_value(json.loads(lines[index]), "iteration", token)
+    path = tmp_path / "metrics.json"
+    path.write_bytes(b"\n".join(lines))
+    code = main(["--log-file", str(path), "--output-dir", str(tmp_path / "plots"), *REPLOT])
+    assert code == 0
+    assert f"{path}: skipped 3 unreadable lines (e.g. line 4: step nan is not a usable iteration; " \
+        "line 8: step inf is not a usable iteration; line 12: step -inf is not a usable iteration)" in capsys.readouterr().out
+    with open(tmp_path / "plots" / "summary.csv", newline="") as handle:
+        total = next(row for row in csv.DictReader(handle) if row["key"] == "total_loss" and row["split"] == "train")
+    assert int(total["points"]) == len([line for line in SAMPLES[WASTE] if line]) - 3

@@ -68,7 +68,7 @@ def _resolve(path: str) -> str:
     if os.path.isdir(path):
         found = best_log_in(path)
         if found is None:
-            raise LogReadError(f"{path}: no training log in this folder (looked for metrics.json, log.txt, *.log.json, scalars.json, *.jsonl, *.csv, TensorBoard events)")
+            raise LogReadError(f"{path}: no training log in this folder (looked for metrics.json, log.txt, *.log.json, scalars.json, *.jsonl, *.log, *.csv, TensorBoard events)")
         # Several TensorBoard files in one folder are one run written in pieces: read the folder.
         return path if os.path.basename(found).startswith("events.out.tfevents.") else found
     return path
