@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -214,7 +215,7 @@ def test_a_crash_tail_of_nul_bytes(tmp_path_factory, name, cut, nul_bytes, newli
         assert tables is not None and tables[-1].format == "csv" and tables[-1].skipped.lines >= 1
 
 
-_BAD_STEP = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e300", "-1e20", str(2 ** 60)])
+_BAD_STEP = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e300", "-1e20", str(2 ** 60), "1" + "0" * 400])
 
 
 def _csv_with_bad_steps(lines, picks, token):
@@ -232,13 +233,33 @@ def _csv_with_bad_steps(lines, picks, token):
     return changed
 
 
-@settings(FUZZ, max_examples=200)
-@given(name=st.sampled_from(JSON_SAMPLES + [n for n in SAMPLES if FORMAT[n] == "csv"]),
-       picks=st.lists(st.integers(0, 1_000), min_size=1, max_size=4), token=_BAD_STEP)
+# The iteration of a detectron2 event line, the [iteration/ of an MMEngine training line.
+_TEXT_STEP = {"detectron2-log": re.compile(rb"(?<![\w/.\[\]-])iter: *\d+"), "mmengine-log": re.compile(rb"\(train\).*?\[\s*\d+/")}
+
+
+def _text_with_bad_steps(lines, fmt, picks, token):
+    """Put ``token`` (digits only, for MMEngine's brackets) as the step of the training lines
+    ``picks`` point at; the indices changed."""
+    pattern = _TEXT_STEP[fmt]
+    stepped = [i for i, line in enumerate(lines) if pattern.search(line)]
+    changed = {stepped[pick % len(stepped)] for pick in picks}
+    if fmt == "mmengine-log":
+        token = token if token.isdigit() else "1" + "0" * 400
+    for index in changed:
+        match = pattern.search(lines[index])
+        replacement = match.group(0)[: match.group(0).rfind(b"[") + 1] + token.encode() + b"/" if fmt == "mmengine-log" else b"iter: " + token.encode()
+        lines[index] = lines[index][: match.start()] + replacement + lines[index][match.end():]
+    return changed
+
+
+@settings(FUZZ, max_examples=250)
+@given(name=st.sampled_from(sorted(SAMPLES)), picks=st.lists(st.integers(0, 1_000), min_size=1, max_size=4), token=_BAD_STEP)
 def test_non_finite_and_absurd_steps_are_skipped_not_plotted(tmp_path_factory, name, picks, token):
     lines = list(SAMPLES[name])
     if FORMAT[name] == "csv":
         changed = _csv_with_bad_steps(lines, picks, token.lower().replace("infinity", "inf").encode())
+    elif FORMAT[name] in _TEXT_STEP:
+        changed = _text_with_bad_steps(lines, FORMAT[name], picks, token.lower().replace("infinity", "inf"))
     else:
         records = {i: r for i, r in record_lines(lines).items() if r.get("mode", "train") == "train"}
         changed = {sorted(records)[pick % len(records)] for pick in picks}
