@@ -95,3 +95,25 @@ def test_mmengine_log_without_training_lines_is_one_error(tmp_path):
     with pytest.raises(LogReadError) as raised:
         read_runs(str(log))
     assert str(raised.value) == f"{log}: no training records found (read as an MMEngine text log)"
+
+
+def test_csv_rows_of_one_step_merge_only_when_they_agree(tmp_path):
+    """Sparse rows of a step merge; a step written again with other values is a resume (the
+    latest write wins), as in any other format."""
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,epoch,loss,lr\n0,0,3.0,\n0,,,0.1\n10,0,2.0,\n10,,,0.1\n20,0,1.5,\n10,0,1.8,\n10,,,0.05\n20,0,1.2,\n")
+    table = read_log(str(log))
+    assert table.train["loss"].steps.tolist() == [0.0, 10.0, 20.0] and table.train["lr"].steps.tolist() == [0.0, 10.0]
+    assert table.train["loss"].value_at(10) == 1.8 and table.train["lr"].value_at(10) == 0.05
+    assert table.train["loss"].value_at(20) == 1.2 and table.runs[0].resumed_at == [10.0]
+
+
+def test_a_damaged_epoch_does_not_spread_over_the_epoch_axis(tmp_path):
+    log = tmp_path / "metrics.json"
+    rows = [{"iteration": i, "epoch": 1 + i // 10, "total_loss": 1.0 / (i + 1)} for i in range(30)]
+    lines = [json.dumps(row) for row in rows]
+    lines[5] = lines[5].replace('"epoch": 1', '"epoch": ' + "1" + "0" * 400)
+    log.write_text("\n".join(lines))
+    table = read_log(str(log))
+    epochs = table.x_of(table.train["total_loss"], "epoch")
+    assert np.all(np.isfinite(epochs)) and epochs[5] == 1.0 and epochs[-1] == 3.0

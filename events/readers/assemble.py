@@ -274,6 +274,11 @@ def make_series(steps: np.ndarray, values: np.ndarray) -> Series:
     return Series(np.ascontiguousarray(steps), np.ascontiguousarray(values))
 
 
+def _finite_points(series: Series) -> Series:
+    keep = np.isfinite(series.values)
+    return Series(series.steps[keep], series.values[keep])
+
+
 def _time_axis(train: Dict[str, Series], axes: Dict[str, Series]) -> None:
     """Seconds since the run began: from wall time, else from the per-iteration ``time``."""
     if "time" in axes:
@@ -357,7 +362,10 @@ def assemble_runs(collected: Collected, source: str, fmt: str, skipped: SkippedL
             steps = np.concatenate([p[0] for p in pieces])
             values = np.concatenate([p[1] for p in pieces])
             groups[kind][display] = make_series(steps, values)
-        axes = groups[AXIS]
+        # An x axis maps steps to epochs or seconds by interpolation: a NaN or inf in it (a damaged
+        # record) would spread to every point drawn against it.
+        axes = {name: series if np.all(np.isfinite(series.values)) else _finite_points(series)
+                for name, series in groups[AXIS].items()}
         if collected.step_unit == "epoch":
             epochs = np.unique(collected.steps[selected])
             axes["epoch"] = Series(epochs, epochs.copy())
