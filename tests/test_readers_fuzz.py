@@ -211,7 +211,7 @@ def test_a_crash_tail_of_nul_bytes(tmp_path_factory, name, cut, nul_bytes, newli
         tail[position % nul_bytes] = ord("\n")
     path = write(tmp_path_factory, name, data[: len(data) - cut] + bytes(tail))
     tables = read_checked(path)
-    if FORMAT[name] == "csv" and data.rfind(b"\n", 0, len(data) - cut) > len(data) // 2:
+    if FORMAT[name] == "csv" and 0 in tail and data.rfind(b"\n", 0, len(data) - cut) > len(data) // 2:
         assert tables is not None and tables[-1].format == "csv" and tables[-1].skipped.lines >= 1
 
 
