@@ -139,7 +139,8 @@ _NESTING = st.one_of(
     # A record nested less deeply than the recursion limit (which hypothesis raises) is read, see
     # the next test; these go far beyond it.
     st.integers(5_000, 30_000).map(lambda depth: b'{"a": ' * depth + b"1" + b"}" * depth),
-    st.tuples(_JUNK.filter(lambda junk: b"{" not in junk), st.integers(5_000, 30_000)).map(
+    # (junk that starts a file with TensorBoard's marker makes it an event file: not this case)
+    st.tuples(_JUNK.filter(lambda junk: b"{" not in junk and b"brain.Event:" not in junk), st.integers(5_000, 30_000)).map(
         lambda junk_depth: junk_depth[0] + b'{"a": ' * junk_depth[1] + b"1" + b"}" * junk_depth[1]),
 )
 
