@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from events import CommonMetricPrinter, EventStorage, JSONWriter  # noqa: E402
 from events.storage import get_event_storage  # noqa: E402
-from events.writers import EventWriter  # noqa: E402
+from events.writers import METRICS_LOGGER_NAME, EventWriter  # noqa: E402
 
 WINDOW = 20
 STEP_SECONDS = (0.05, 0.43)
@@ -128,7 +128,7 @@ def candidates(root: str, keys: List[str]) -> Dict[str, Callable[[], EventWriter
     from events.tensorboard_writer import TensorboardXWriter
     from events.wandb_writer import WandbWriter
 
-    console_logger = logging.getLogger("events.writers")
+    console_logger = logging.getLogger(METRICS_LOGGER_NAME)
     console_logger.propagate = False
     console_logger.addHandler(logging.FileHandler(os.path.join(root, "log.txt")))
     console_logger.setLevel(logging.INFO)

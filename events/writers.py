@@ -17,7 +17,10 @@ from typing import Dict, List, Optional, Tuple
 from events.durable_files import write_lines_durably
 from events.storage import get_event_storage
 
-METRICS_LOGGER_NAME = "events.writers"
+# detectron2's logger name: handlers a detectron2 project set up on the ``detectron2`` logger (its
+# ``setup_logger()``) receive our metric lines, and log.txt reads ``d2.utils.events INFO:`` once a
+# formatter abbreviates the name as detectron2's does (see ``engine.logger``).
+METRICS_LOGGER_NAME = "detectron2.utils.events"
 
 
 class EventWriter:

@@ -67,7 +67,10 @@ def plot_train_val_loss(
 
     The top panel shows the total train loss (raw min/max band, smoothed line) and the
     validation loss at each evaluation; the bottom one the generalization gap (validation minus
-    smoothed train). Without validation loss it shows the train loss and says so.
+    smoothed train). For a run that trains on synthetic samples too, the gap is that of the
+    real-scene losses, which both sides compute alike, and the total is shown without a gap,
+    with a note saying how the two differ (``train_val.train_val_pairs``). Without validation
+    loss it shows the train loss and says so.
 
     Raises:
         events.readers.LogReadError: ``table`` is a path that cannot be read.
