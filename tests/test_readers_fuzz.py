@@ -166,7 +166,7 @@ def test_deeply_nested_values_inside_records_are_dropped(tmp_path_factory, name,
     assert not any("nested" in key and key.count("/") > 8 for table in tables for key in table.train)
 
 
-_HUGE_INTEGER = st.tuples(st.sampled_from(["", "-"]), st.integers(309, 500)).map(lambda sign_digits: f"{sign_digits[0]}1{'0' * sign_digits[1]}")
+_HUGE_INTEGER = st.tuples(st.sampled_from(["", "-"]), st.integers(309, 500)).map(lambda sign_zeros: sign_zeros[0] + "1" + "0" * sign_zeros[1])
 
 
 @settings(FUZZ, max_examples=150)
@@ -248,7 +248,10 @@ def _text_with_bad_steps(lines, fmt, picks, token):
         token = token if token.isdigit() else "1" + "0" * 400
     for index in changed:
         match = pattern.search(lines[index])
-        replacement = match.group(0)[: match.group(0).rfind(b"[") + 1] + token.encode() + b"/" if fmt == "mmengine-log" else b"iter: " + token.encode()
+        if fmt == "mmengine-log":
+            replacement = match.group(0)[: match.group(0).rfind(b"[") + 1] + token.encode() + b"/"
+        else:
+            replacement = b"iter: " + token.encode()
         lines[index] = lines[index][: match.start()] + replacement + lines[index][match.end():]
     return changed
 

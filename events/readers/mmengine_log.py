@@ -1,6 +1,6 @@
 """MMEngine's text log (``<work_dir>/<timestamp>/<timestamp>.log``, and its console output)::
 
-    2024/01/05 10:00:01 - mmengine - INFO - Epoch(train)  [1][ 5/21]  lr: 4.0000e-08  eta: 0:00:10  time: 0.1012  data_time: 0.0101  memory: 1024  loss: 1.2  loss_cls: 0.8
+    2024/01/05 10:00:01 - mmengine - INFO - Epoch(train)  [1][ 5/21]  lr: 4.0000e-08  eta: 0:00:10  time: 0.1012  loss: 1.2
     2024/01/05 10:00:03 - mmengine - INFO - Epoch(val) [1][16/16]    coco/bbox_mAP: 0.3310  data_time: 0.0020  time: 0.0410
     2024/01/05 10:00:01 - mmengine - INFO - Iter(train) [ 50/1000]  lr: 1.0000e-02  eta: ...
 
@@ -55,7 +55,7 @@ class _Reader:
         if mode == "train":
             self.train(number, line, values, epoch, inner, total)
         else:
-            self.evaluation(number, mode, values, epoch)
+            self.evaluation(number, mode, values)
 
     def train(self, number: int, line: str, values: dict, epoch: Optional[float], inner: float, total: float) -> None:
         step = inner
@@ -68,11 +68,10 @@ class _Reader:
         self.collector.add(step, values, number)
         self.last_train_step = step
 
-    def evaluation(self, number: int, mode: str, values: dict, epoch: Optional[float]) -> None:
-        record = {f"{mode}/{name}": value for name, value in values.items()}
-        if epoch is not None:
-            record["epoch"] = epoch
-        self.collector.add(self.last_train_step, record, number)
+    def evaluation(self, number: int, mode: str, values: dict) -> None:
+        # No epoch of its own: the training line at the same step already places it on the
+        # epoch axis (a whole epoch here would bend the axis where evaluation ran mid-epoch).
+        self.collector.add(self.last_train_step, {f"{mode}/{name}": value for name, value in values.items()}, number)
 
 
 def collect_mmengine_log(lines: Iterable[str], skipped: SkippedLines) -> Collected:
