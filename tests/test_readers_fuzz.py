@@ -6,6 +6,7 @@ summary numbers raise anything but a one-line LogReadError naming the file.
 Over 1,000 generated cases per run (the ``max_examples`` below), each on a short real log."""
 import csv
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from events.plotting.cli import main
 from events.plotting.summary import summarize
 from events.readers import LogReadError, read_runs, sniff_format
+from events.readers.table import SkippedLines
 from events.readers.values import MAX_STEP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,3 +338,22 @@ def test_nan_and_infinite_steps_are_left_out_of_the_replot(tmp_path, capsys):
     with open(tmp_path / "plots" / "summary.csv", newline="") as handle:
         total = next(row for row in csv.DictReader(handle) if row["key"] == "total_loss" and row["split"] == "train")
     assert int(total["points"]) == len([line for line in SAMPLES[WASTE] if line]) - 3
+
+
+def test_deep_nesting_without_orjson(monkeypatch):
+    """Where orjson is not installed the standard library decodes first: its RecursionError is
+    a skipped line too."""
+    from events.readers import json_lines
+
+    lines = list(SAMPLES[WASTE])
+    lines[2:2] = [b"[" * 100_000, b'{"a": ' * 50_000 + b"1" + b"}" * 50_000]
+    skipped = SkippedLines()
+    monkeypatch.setitem(sys.modules, "orjson", None)  # "import orjson" raises ImportError
+    try:
+        assert importlib.reload(json_lines).fast_loads is json.loads
+        decoded = json_lines.decode_json_lines(b"\n".join(lines), skipped)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(json_lines)
+    assert skipped.lines == 2 and skipped.examples[0] == (3, "JSON nested too deeply")
+    assert len(decoded.records) == len([line for line in SAMPLES[WASTE] if line])
