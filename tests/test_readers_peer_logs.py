@@ -29,9 +29,9 @@ def test_format_is_detected_from_content(path, fmt):
 def test_lightning_csvlogger_sparse_rows_merge_by_step():
     table = read_log(LIGHTNING)
     assert len(table.runs) == 1 and table.skipped.lines == 0 and table.skipped.values == 0
-    # 15 rows with train_loss (every 5th step: 4, 9, ..., 74); the lr-only row of each step has an
-    # empty epoch and comes first: merged, so the lr and the loss share steps.
-    loss, lr = table.train["loss"], table.train["lr-SGD"]
+    # 15 rows with train_loss (every 5th step: 4, 9, ..., 74); the lr-SGD row of each step has an
+    # empty epoch and comes first: merged, so the lr and the loss share steps. lr-SGD is the "lr".
+    loss, lr = table.train["loss"], table.train["lr"]
     assert loss.steps.tolist() == [4.0 + 5 * k for k in range(15)]
     assert loss.value_at(4) == pytest.approx(4.678125381469727) and lr.value_at(4) == 0.05
     assert lr.steps.tolist() == loss.steps.tolist()
