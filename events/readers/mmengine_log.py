@@ -8,8 +8,9 @@ Epoch-based training counts steps as MMEngine's scalars.json does, ``(epoch - 1)
 per epoch + iteration``, and gives a fractional epoch axis (``epoch - 1 + iteration / per epoch``);
 iteration-based training (``Iter(train) [i/n]``) steps by ``i``. A validation or test line whose
 ``[i/n]`` is complete is the evaluation's result: a validation record at the last training step
-logged before it (where MMEngine's scalars.json puts it too). Val progress lines (``[5/16]`` with eta and batch
-times) hold no metric and are passed over; the config dump and other messages are ignored.
+logged before it (where MMEngine's scalars.json puts it too). Val progress lines (``[5/16]``
+with eta and batch times) hold no metric and are passed over; the config dump and other
+messages are ignored. A loop line whose ``[i/n]`` cannot be read is a skipped line.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .values import clean_line
 __all__ = ["collect_mmengine_log"]
 
 _LOOP_MARKS = ("Epoch(", "Iter(")
-# At most 18 digits: a longer number is damage (and int() refuses over 4,300 digits).
+# At most 18 digits: no loop counts further, so a longer number is damage (a skipped line).
 _PROGRESS = re.compile(r"\b(Epoch|Iter)\((train|val|test)\)\s*(?:\[\s*(\d{1,18})\s*\])?\s*\[\s*(\d{1,18})\s*/\s*(\d{1,18})\s*\]")
 
 
@@ -37,7 +38,7 @@ class _Reader:
     def line(self, number: int, line: str) -> None:
         match = _PROGRESS.search(line)
         if match is None:
-            if "(train)" in line or "(val)" in line:
+            if "(train)" in line or "(val)" in line or "(test)" in line:
                 self.skipped.add_line(number, "loop progress line without a readable [iteration/total]")
             return
         style, mode, epoch_text, inner_text, total_text = match.groups()
