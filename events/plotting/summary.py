@@ -158,7 +158,10 @@ def _slope(steps: np.ndarray, values: np.ndarray) -> float:
     if finite.sum() < 2 or np.ptp(steps[finite]) == 0:
         return math.nan
     x, y = steps[finite], values[finite]
-    slope = float(np.polyfit(x, y, 1)[0])
+    try:
+        slope = float(np.polyfit(x, y, 1)[0])
+    except np.linalg.LinAlgError:  # values near the float limit overflow inside the fit: no trend to tell
+        return math.nan
     # A flat curve fits a slope of float noise (-8e-18), which would print as a trend.
     return 0.0 if abs(slope) * np.ptp(x) <= 1e-9 * float(np.abs(y).max()) else slope
 
