@@ -199,9 +199,17 @@ class TrainingTelemetry:
         self._data_time = None
         if weight_dict is not None:
             self._metrics.reducer.weight_dict = weight_dict
+        if self.iter == self.max_iter:
+            logger.warning(
+                "TrainingTelemetry.step() at iteration %d, past max_iter=%d: the console's ETA is "
+                "wrong from here on; pass the run's real number of steps as max_iter",
+                self.iter, self.max_iter,
+            )
         with self.storage:
             self.storage.iter = self.iter
             self._metrics.write({**loss_dict, **scalars} if scalars else loss_dict, data_time, cur_iter=self.iter)
+            if self.iter == self.max_iter - 1:
+                self._metrics.flush()  # deferred steps must be in the storage for the last write
             if lr is not None:
                 self.storage.put_scalar("lr", float(lr), smoothing_hint=False)
             if epoch is not None:

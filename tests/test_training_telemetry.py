@@ -219,3 +219,47 @@ def test_ctrl_c_flushes_and_closes_every_writer(tmp_path, body):
     assert tb_steps[-1] == last
     (run_file,) = find_run_files(str(output_dir))
     assert read_offline_run(run_file).history[-1]["iteration"] == last  # run finished (exit record)
+
+
+def test_deferred_reduction_writes_the_same_records(tmp_path):
+    per_step, deferred = (
+        make_cfg(tmp_path / name, **{"WANDB.ENABLED": False, "TENSORBOARD.ENABLED": False, "TELEMETRY.DEFERRED_REDUCTION": flag})
+        for name, flag in (("per-step", False), ("deferred", True))
+    )
+    for cfg in (per_step, deferred):
+        with TrainingTelemetry.from_config(cfg, prepare_output=False) as telemetry:
+            for _ in range(cfg.SOLVER.MAX_ITER):
+                telemetry.step(loss_dict(telemetry.iter), WEIGHT_DICT, data_time=0.0)
+    timings = {"time", "eta_seconds"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timings} for r in rows]  # noqa: E731
+    assert strip(records(deferred)) == strip(records(per_step))
+    assert [r["iteration"] for r in records(deferred)] == [4, 9, 11]
+
+
+def two_rank_loop(rank, world_size, output_dir):
+    """Each rank logs its own values; rank 1 alone has a synthetic split key."""
+    from engine.loop import TrainingTelemetry
+
+    cfg = get_cfg()
+    cfg.TENSORBOARD.ENABLED = cfg.WANDB.ENABLED = False
+    cfg.SOLVER.MAX_ITER, cfg.TELEMETRY.WRITE_PERIOD = 4, 2
+    with TrainingTelemetry(output_dir, cfg=cfg) as telemetry:
+        for _ in range(4):
+            values = {"loss_ce": torch.tensor(1.0 + rank)}
+            if rank == 1:
+                values["loss_ce_synthetic"] = torch.tensor(5.0)
+            telemetry.step(values, lr=0.1, grad_norm=float(rank))
+        latest = {k: v for k, (v, _) in telemetry.storage.latest().items() if k not in ("time", "data_time", "rank_data_time")}
+    return latest
+
+
+@pytest.mark.distributed
+def test_two_ranks_write_one_reduced_stream(tmp_path, restore_root_logger):
+    from dist_utils import run_distributed
+
+    output_dir = str(tmp_path / "out")
+    rank0, rank1 = run_distributed(two_rank_loop, world_size=2, args=(output_dir,))
+    assert rank0 == rank1  # every rank holds the same reduced values
+    assert rank0["loss_ce"] == 1.5 and rank0["loss_ce_synthetic"] == 5.0 and rank0["grad_norm"] == 0.5
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        assert [json.loads(line)["iteration"] for line in f] == [1, 3]  # written once, by rank 0
