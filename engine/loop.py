@@ -96,6 +96,10 @@ class TrainingTelemetry:
             cfg, run_config = get_cfg(), run_config if run_config is not None else {}
         self.output_dir: str = output_dir if output_dir is not None else cfg.OUTPUT_DIR
         self.max_iter: int = int(cfg.SOLVER.MAX_ITER if max_iter is None else max_iter)
+        if state is not None and not {"next_iteration", "storage"} <= set(state):
+            raise ValueError(
+                f"state must be a TrainingTelemetry.state_dict(); got a mapping with keys {sorted(state)[:8]}"
+            )
         self.start_iter: int = int(state["next_iteration"]) if state is not None else 0
         self.iter: int = self.start_iter
         resuming = state is not None
@@ -124,8 +128,7 @@ class TrainingTelemetry:
         self._data_time: Optional[float] = None
         self._closed = False
         # Closes (and so flushes) an object the loop never closed, when the interpreter exits.
-        self._close_at_exit = _close_at_exit(weakref.ref(self))
-        atexit.register(self._close_at_exit)
+        atexit.register(self.close)
         with self.storage:
             self._timer.before_train()
             self._timer.before_step()
@@ -234,7 +237,7 @@ class TrainingTelemetry:
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._close_at_exit)
+        atexit.unregister(self.close)
         with self.storage:
             try:
                 self._metrics.flush()
@@ -257,14 +260,3 @@ class TrainingTelemetry:
             self.close()
         finally:
             self.storage.__exit__(exc_type, exc_value, traceback)
-
-
-def _close_at_exit(ref: "weakref.ReferenceType[TrainingTelemetry]"):
-    """An ``atexit`` callback closing the referenced telemetry if it still lives."""
-
-    def close() -> None:
-        telemetry = ref()
-        if telemetry is not None:
-            telemetry.close()
-
-    return close

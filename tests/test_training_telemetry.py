@@ -166,6 +166,8 @@ def test_misuse_is_named(tmp_path):
     with pytest.raises(ValueError, match="needs max_iter"):
         TrainingTelemetry(str(tmp_path))
     cfg = make_cfg(tmp_path, **{"WANDB.ENABLED": False, "TENSORBOARD.ENABLED": False})
+    with pytest.raises(ValueError, match=r"state must be a TrainingTelemetry.state_dict\(\); got a mapping with keys \['epoch', 'model'\]"):
+        TrainingTelemetry.from_config(cfg, state={"model": {}, "epoch": 3}, prepare_output=False)
     telemetry = TrainingTelemetry.from_config(cfg, prepare_output=False)
     with pytest.raises(ValueError, match=r"\['loss_ce'\] given both"):
         telemetry.step({"loss_ce": 1.0}, loss_ce=2.0)
@@ -193,6 +195,7 @@ with telemetry:
 BARE_BODY = WITH_BODY.replace("with telemetry:\n", "if True:\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", [WITH_BODY, BARE_BODY], ids=["with", "no-with"])
 def test_ctrl_c_flushes_and_closes_every_writer(tmp_path, body):
     output_dir = tmp_path / "out"
