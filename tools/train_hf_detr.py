@@ -3,7 +3,7 @@
 
     python tools/train_hf_detr.py                                  # configs/hf_detr.yaml
     python tools/train_hf_detr.py OUTPUT_DIR out SOLVER.MAX_ITER 60
-    python tools/train_hf_detr.py OUTPUT_DIR out --resume          # after a crash or Ctrl-C
+    python tools/train_hf_detr.py --resume OUTPUT_DIR out          # after a crash or Ctrl-C
 
 A DETR that nobody here wrote, trained by a hand-written loop (DETR ``main.py`` style) that
 calls ``engine.loop.TrainingTelemetry.step`` once per iteration with the model's own
@@ -113,4 +113,5 @@ def train(cfg, resume: bool) -> None:
 
 if __name__ == "__main__":
     parser = default_argument_parser(__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+    parser.epilog = "Examples:\n" + "\n".join(line for line in __doc__.splitlines() if "python tools/" in line)
     sys.exit(main(parser.parse_args()))
