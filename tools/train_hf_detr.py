@@ -63,6 +63,10 @@ def main(args) -> int:
         # Every rank raises at the same iteration; what was logged before is on disk.
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # The telemetry closed on the way out: everything logged is on disk.
+        print("interrupted: what was logged is on disk; continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 
