@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from readme_snippets import readme_snippet
 from train_net_outputs import REPO, read_metrics, train_net_env
-
-SECTION = "## Using it in your own trainer"
-
-
-def readme_python_block(heading: str) -> str:
-    """The first ```python block after ``heading`` inside the README's trainer section."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index(SECTION):]
-    section = section[: section.find("\n## ", len(SECTION))]
-    after = section[section.index(f"\n{heading}\n"):]
-    match = re.search(r"```python\n(.*?)```", after, re.DOTALL)
-    assert match, f"no python block after {heading!r}"
-    return match.group(1)
 
 
 def run_snippet(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -41,7 +28,7 @@ def run_snippet(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_plain_loop_snippet(tmp_path):
-    result = run_snippet(readme_python_block("### A plain training loop (DETR `main.py` style)"), tmp_path)
+    result = run_snippet(readme_snippet("plain-loop"), tmp_path)
     output_dir = tmp_path / "clone" / "outputs" / "plain-loop"
     rows = read_metrics(output_dir / "metrics.json")
     # 3 epochs of 25 steps, then 2 more after the resume: every period once, in order.
@@ -53,7 +40,7 @@ def test_plain_loop_snippet(tmp_path):
 
 @pytest.mark.slow
 def test_our_trainer_snippet(tmp_path):
-    result = run_snippet(readme_python_block("### Our trainer (`SimpleTrainer` + hooks)"), tmp_path)
+    result = run_snippet(readme_snippet("our-trainer"), tmp_path)
     output_dir = tmp_path / "clone" / "outputs" / "my-trainer"
     rows = read_metrics(output_dir / "metrics.json")
     assert [r["iteration"] for r in rows if "total_loss" in r] == [19, 39]
