@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import time
 import weakref
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from omegaconf import DictConfig
 
+from engine import comm
 from engine.config import get_cfg
 from engine.defaults import prepare_output_dir
 from engine.hooks import IterationTimer, PeriodicWriter
 from engine.metrics import MetricsWriter
+from engine.run_history import RunHistory
 from engine.writer_builder import build_writers
 from events.storage import EventStorage
 
@@ -50,7 +53,8 @@ class TrainingTelemetry:
     :meth:`close` writes what the last partial period put and closes the writers (files flushed,
     W&B run finished). Use the object as a context manager, which closes it on a normal exit, an
     exception and Ctrl-C (``KeyboardInterrupt``); an object never closed is closed when the
-    interpreter exits.
+    interpreter exits. How each session ended goes to ``train_history.json`` (main process),
+    which ``tools/list_runs.py`` reads.
 
     Resume: put :meth:`state_dict` into your checkpoint and pass it back as ``state`` when you
     resume. The iteration, smoothing windows and global averages continue, metrics.json moves
@@ -127,8 +131,11 @@ class TrainingTelemetry:
             hook.trainer = weakref.proxy(self)
         self._data_time: Optional[float] = None
         self._closed = False
+        self._window_size = telemetry.WINDOW_SIZE
+        # train_history.json: how each session ended, for tools/list_runs.py.
+        self._history = RunHistory(self.output_dir, "", self.start_iter, resuming) if comm.is_main_process() else None
         # Closes (and so flushes) an object the loop never closed, when the interpreter exits.
-        atexit.register(self.close)
+        atexit.register(self._close_at_exit)
         with self.storage:
             self._timer.before_train()
             self._timer.before_step()
@@ -231,23 +238,47 @@ class TrainingTelemetry:
         return {"next_iteration": self.iter, "storage": self.storage.state_dict()}
 
     # ------------------------------------------------------------------ the end
-    def close(self) -> None:
+    def close(self, error: Optional[BaseException] = None) -> None:
         """Put steps still buffered (deferred reduction), write what the last partial period put
-        and close every writer. Idempotent; called by ``with`` and at interpreter exit."""
+        and close every writer. Idempotent; called by ``with`` (with the exception that ended
+        the block, if any, for train_history.json) and at interpreter exit."""
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self.close)
+        atexit.unregister(self._close_at_exit)
         with self.storage:
             try:
                 self._metrics.flush()
+            except FloatingPointError as e:
+                error = error or e
+                raise
             finally:
                 # The console's last line names the last iteration stepped; at the normal end
                 # (max_iter) the console writer stays silent, as after our trainer's last step.
                 finished = self.iter >= self.max_iter
                 self.storage.iter = self.iter if finished else max(self.iter - 1, self.start_iter)
-                for hook in self._hooks:
-                    hook.after_train()
+                try:
+                    for hook in self._hooks:
+                        hook.after_train()
+                finally:
+                    if self._history is not None:
+                        self._record_session(error)
+
+    def _close_at_exit(self) -> None:
+        # An exception nobody caught ended the program: Python keeps it in sys.last_value.
+        self.close(getattr(sys, "last_value", None))
+
+    def _record_session(self, error: Optional[BaseException]) -> None:
+        if error is None:
+            status = "completed" if self.iter >= self.max_iter else "stopped"
+        elif isinstance(error, KeyboardInterrupt):
+            status = "interrupted"
+        elif isinstance(error, FloatingPointError):
+            status = "non-finite values"
+        else:
+            status = "crashed"
+        message = f"{type(error).__name__}: {error}" if error is not None else None
+        self._history.finish(status, self.storage.latest_with_smoothing_hint(self._window_size), error=message)
 
     def __enter__(self) -> "TrainingTelemetry":
         self.storage.__enter__()  # get_event_storage() works in the loop (put_image, ...)
@@ -257,6 +288,6 @@ class TrainingTelemetry:
         try:
             if exc_type is KeyboardInterrupt:
                 logger.info("Interrupted at iteration %d: writing what was logged and closing", self.iter)
-            self.close()
+            self.close(exc_value)
         finally:
             self.storage.__exit__(exc_type, exc_value, traceback)

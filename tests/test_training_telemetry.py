@@ -18,6 +18,7 @@ import torch
 from engine.config import get_cfg
 from engine.loop import TrainingTelemetry
 from engine.metrics import NonFiniteLossError
+from engine.run_history import read_sessions
 from events.readers import read_log
 from train_net_outputs import REPO, tensorboard_scalars, train_net_env
 from wandb_reader import find_run_files, isolate_wandb, read_offline_run
@@ -66,6 +67,12 @@ def records(cfg):
         return [json.loads(line) for line in f]
 
 
+def sessions(output_dir):
+    """``(status, start_iter, last_iteration)`` of each session in train_history.json."""
+    found = read_sessions(os.path.join(output_dir, "train_history.json"))
+    return [(s["status"], s["start_iter"], s["last_iteration"]) for s in found]
+
+
 def run_epochs(telemetry, epochs, iters_per_epoch, fail_at=None):
     for epoch in range(epochs):
         for _ in telemetry.timed(range(iters_per_epoch)):
@@ -82,6 +89,7 @@ def test_every_step_reaches_all_four_writers_with_epoch(tmp_path):
 
     rows = records(cfg)
     assert [r["iteration"] for r in rows] == [4, 9, 11]  # every period, and the last step
+    assert sessions(cfg.OUTPUT_DIR) == [("completed", 0, 11)]  # tools/list_runs.py lists it
     last = rows[-1]
     w = 1.0 + 0.01 * 5.5  # losses are reported as the median of their window (iterations 0..11)
     assert last["epoch"] == 2.0 and last["lr"] == 1e-4 and last["grad_norm"] == 0.5
@@ -144,6 +152,7 @@ def test_resume_from_state_dict_in_the_users_checkpoint(tmp_path):
         assert len(telemetry.storage.history("loss_ce")) == 12
 
     assert [r["iteration"] for r in records(cfg)] == [4, 9, 11]
+    assert sessions(cfg.OUTPUT_DIR) == [("crashed", 0, 7), ("completed", 6, 11)]
     superseded = Path(cfg.OUTPUT_DIR) / "metrics.json.superseded-at-6"
     assert [json.loads(line)["iteration"] for line in superseded.open()] == [7]
     tb_steps = [s for tag, values in tensorboard_scalars(Path(cfg.OUTPUT_DIR)).items() if tag.endswith("/loss_ce") for s, _ in values]
@@ -160,6 +169,7 @@ def test_non_finite_loss_raises_and_keeps_what_was_logged(tmp_path):
                     values["loss_bbox"] = torch.tensor(math.nan)
                 telemetry.step(values, WEIGHT_DICT)
     assert [r["iteration"] for r in records(cfg)] == [4, 6]
+    assert sessions(cfg.OUTPUT_DIR) == [("non-finite values", 0, 6)]
 
 
 def test_misuse_is_named(tmp_path):
@@ -222,6 +232,7 @@ def test_ctrl_c_flushes_and_closes_every_writer(tmp_path, body):
     assert tb_steps[-1] == last
     (run_file,) = find_run_files(str(output_dir))
     assert read_offline_run(run_file).history[-1]["iteration"] == last  # run finished (exit record)
+    assert sessions(output_dir) == [("interrupted", 0, last)]
 
 
 def test_deferred_reduction_writes_the_same_records(tmp_path):
