@@ -12,6 +12,7 @@ from engine.config import load_config
 from engine.demo.data import build_train_loader
 from engine.demo.hf_detr import HfDetrTrainConfig, build_hf_detr, hf_detr_weight_dict, to_hf_labels
 from engine.metrics import LossDictReducer
+from engine.run_history import read_sessions
 from events.plotting.families import parse_keys
 from events.readers import read_log
 from train_net_outputs import REPO, read_metrics, tensorboard_scalars, train_net_env
@@ -90,6 +91,8 @@ def test_train_hf_detr_reaches_every_writer_resumes_and_replots(tmp_path):
 
     run("--resume", *short, "SOLVER.MAX_ITER", "20")  # from the final checkpoint at iteration 14
     assert [r["iteration"] for r in read_metrics(output_dir / "metrics.json")] == [4, 9, 14, 19]
+    history = read_sessions(str(output_dir / "train_history.json"))
+    assert [(s["status"], s["start_iter"], s["resumed"]) for s in history] == [("completed", 0, False), ("completed", 15, True)]
     tb = tensorboard_scalars(output_dir)
     for key in every_key:
         (tag,) = [t for t in tb if t.split("/")[-1] == key]
