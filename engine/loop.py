@@ -18,11 +18,12 @@ metrics.json, TensorBoard, W&B). The object plays the trainer for those two hook
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import sys
 import time
 import weakref
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sized, TypeVar
 
 from omegaconf import DictConfig
 
@@ -130,6 +131,7 @@ class TrainingTelemetry:
         for hook in self._hooks:
             hook.trainer = weakref.proxy(self)
         self._data_time: Optional[float] = None
+        self._epoch_progress: Optional[float] = None  # of the batch timed() gave last
         self._closed = False
         self._window_size = telemetry.WINDOW_SIZE
         # train_history.json: how each session ended, for tools/list_runs.py.
@@ -159,15 +161,18 @@ class TrainingTelemetry:
     # ------------------------------------------------------------------ the loop's calls
     def timed(self, data_loader: Iterable[T]) -> Iterator[T]:
         """Yield ``data_loader``'s batches, measuring how long each took to arrive; the next
-        :meth:`step` logs it as ``data_time`` (like DETR's ``MetricLogger.log_every``)."""
+        :meth:`step` logs it as ``data_time`` (like DETR's ``MetricLogger.log_every``). With a
+        loader that has a length, a whole-number ``epoch`` becomes a fraction (see :meth:`step`)."""
+        length = len(data_loader) if isinstance(data_loader, Sized) else None
         iterator = iter(data_loader)
-        while True:
+        for index in itertools.count():
             start = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
             self._data_time = time.perf_counter() - start
+            self._epoch_progress = (index + 1) / length if length else None
             yield batch
 
     def step(
@@ -191,8 +196,11 @@ class TrainingTelemetry:
             data_time: seconds this rank waited for the batch (default: what :meth:`timed`
                 measured, else 0).
             lr: the learning rate, logged as ``lr`` (unsmoothed).
-            epoch: the epoch (may be fractional), logged as ``epoch``; ``vis_train_log.py --x
-                epoch`` plots against it.
+            epoch: the epoch, logged as ``epoch`` (unsmoothed); ``vis_train_log.py --x epoch``
+                plots against it. An ``int`` epoch with a batch from :meth:`timed` of a sized
+                loader is logged as the epochs done so far, ``epoch + (i + 1) / len(loader)``
+                after batch ``i`` (as Hugging Face's Trainer logs it), so the axis is smooth;
+                a float is logged as given.
             scalars: other numbers (``grad_norm=...``), reduced with the loss dict (mean over
                 the ranks, same collective) and logged under their names.
         Raises:
@@ -206,7 +214,9 @@ class TrainingTelemetry:
             raise ValueError(f"step(): {clashes} given both in the loss dict and as scalars")
         if data_time is None:
             data_time = self._data_time if self._data_time is not None else 0.0
-        self._data_time = None
+        if isinstance(epoch, int) and self._epoch_progress is not None:
+            epoch += self._epoch_progress
+        self._data_time = self._epoch_progress = None
         if weight_dict is not None:
             self._metrics.reducer.weight_dict = weight_dict
         if self.iter == self.max_iter:

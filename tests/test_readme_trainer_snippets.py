@@ -33,7 +33,7 @@ def test_plain_loop_snippet(tmp_path):
     rows = read_metrics(output_dir / "metrics.json")
     # 3 epochs of 25 steps, then 2 more after the resume: every period once, in order.
     assert [r["iteration"] for r in rows] == [19, 39, 59, 74, 79, 99, 119, 124]
-    assert rows[-1]["epoch"] == 4 and {"loss_bbox_0", "class_error", "grad_norm", "total_loss_weighted"} <= set(rows[-1])
+    assert rows[-1]["epoch"] == 5.0 and {"loss_bbox_0", "class_error", "grad_norm", "total_loss_weighted"} <= set(rows[-1])
     assert "iter: 119" in result.stdout and "iter: 119" in (output_dir / "log.txt").read_text()
     assert "Telemetry resumes at iteration 75" in result.stdout
 

@@ -92,7 +92,7 @@ def test_every_step_reaches_all_four_writers_with_epoch(tmp_path):
     assert sessions(cfg.OUTPUT_DIR) == [("completed", 0, 11)]  # tools/list_runs.py lists it
     last = rows[-1]
     w = 1.0 + 0.01 * 5.5  # losses are reported as the median of their window (iterations 0..11)
-    assert last["epoch"] == 2.0 and last["lr"] == 1e-4 and last["grad_norm"] == 0.5
+    assert last["epoch"] == 3.0 and last["lr"] == 1e-4 and last["grad_norm"] == 0.5  # 3 epochs done
     assert last["total_loss_weighted"] == pytest.approx(w * (2 + 5 * 0.1 + 3 + 5 * 0.2), rel=1e-5)
     assert last["class_error"] == pytest.approx(40 * w, rel=1e-5)
     assert "time" in last and "data_time" in last
@@ -105,11 +105,11 @@ def test_every_step_reaches_all_four_writers_with_epoch(tmp_path):
     (run_file,) = find_run_files(cfg.OUTPUT_DIR)
     history = read_offline_run(run_file).history
     assert [row["iteration"] for row in history] == [4, 9, 11]
-    assert history[-1]["epoch"] == 2 and "total_loss_weighted" in history[-1]
+    assert history[-1]["epoch"] == 3 and "total_loss_weighted" in history[-1]
 
-    # The replot can put the epoch on the x axis.
+    # The replot can put the epoch on the x axis: 4 steps per epoch, so iteration 4 ends 1.25 epochs.
     table = read_log(os.path.join(cfg.OUTPUT_DIR, "metrics.json"))
-    assert list(table.x_of(table.train["loss_ce"], "epoch")) == [1.0, 2.0, 2.0]
+    assert list(table.x_of(table.train["loss_ce"], "epoch")) == [1.25, 2.5, 3.0]
 
 
 def test_output_dir_alone_sets_up_console_and_log_txt(tmp_path, capsys, restore_root_logger):

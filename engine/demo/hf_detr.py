@@ -134,7 +134,8 @@ def build_hf_detr(cfg: DictConfig) -> torch.nn.Module:
     """A randomly initialised ``DetrForObjectDetection`` for ``cfg`` (nothing is downloaded).
 
     ``model(pixel_values=[B, 3, S, S], labels=to_hf_labels(targets))`` returns ``loss``,
-    ``loss_dict`` (every ``[]`` loss term and metric) and ``logits`` ``[B, queries, classes + 1]``.
+    ``loss_dict`` (0-dim tensors: the loss terms and ``cardinality_error``, each also per aux
+    layer) and ``logits`` ``[B, queries, classes + 1]``.
     """
     config = build_hf_detr_config(cfg)
     transformers = import_optional("transformers", "hf", "transformers' DETR")
