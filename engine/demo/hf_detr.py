@@ -107,6 +107,7 @@ def build_hf_detr_config(cfg: DictConfig) -> Any:
         return transformers.DetrConfig(
             use_timm_backbone=False,
             use_pretrained_backbone=False,
+            backbone=None,  # transformers 4.x defaults to a timm "resnet50" next to backbone_config
             backbone_config=backbone,
             num_labels=detr.NUM_CLASSES,
             num_queries=hf.NUM_QUERIES,
