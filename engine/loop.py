@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from engine import comm
 from engine.config import get_cfg
 from engine.defaults import prepare_output_dir
+from engine.graceful_stop import TrainingInterrupted
 from engine.hooks import IterationTimer, PeriodicWriter
 from engine.metrics import MetricsWriter
 from engine.run_history import RunHistory
@@ -281,7 +282,7 @@ class TrainingTelemetry:
     def _record_session(self, error: Optional[BaseException]) -> None:
         if error is None:
             status = "completed" if self.iter >= self.max_iter else "stopped"
-        elif isinstance(error, KeyboardInterrupt):
+        elif isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
             status = "interrupted"
         elif isinstance(error, FloatingPointError):
             status = "non-finite values"

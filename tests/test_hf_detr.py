@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 
@@ -11,10 +12,12 @@ import torch
 from engine.config import load_config
 from engine.demo.data import build_train_loader
 from engine.demo.hf_detr import HfDetrTrainConfig, build_hf_detr, hf_detr_weight_dict, to_hf_labels
+from engine.graceful_stop import GracefulStop, TrainingInterrupted
 from engine.metrics import LossDictReducer
 from engine.run_history import read_sessions
 from events.plotting.families import parse_keys
 from events.readers import read_log
+from logging_fixture import restore_root_logger  # noqa: F401  (a fixture)
 from train_net_outputs import REPO, read_metrics, tensorboard_scalars, train_net_env
 from wandb_reader import find_run_files, read_offline_run
 
@@ -69,6 +72,19 @@ def test_missing_transformers_names_the_extra(tmp_path, capsys, monkeypatch):
     args = script.default_argument_parser(default_config=str(CONFIG)).parse_args(["OUTPUT_DIR", str(tmp_path / "out")])
     assert script.main(args) == 2
     assert "pip install 'detr-telemetry[hf]'" in capsys.readouterr().err
+
+
+def test_a_stop_signal_ends_training_after_the_step_with_a_checkpoint(tmp_path, restore_root_logger):
+    output_dir = tmp_path / "out"
+    overrides = ["OUTPUT_DIR", str(output_dir), "WANDB.ENABLED", "False", "TENSORBOARD.ENABLED", "False"]
+    cfg = load_config(CONFIG, overrides, schema=HfDetrTrainConfig)
+    stop = GracefulStop()
+    stop.signal = signal.SIGINT  # as if Ctrl-C came during the first step
+    with pytest.raises(TrainingInterrupted, match="SIGINT after iteration 0"):
+        load_script().train(cfg, resume=False, stop=stop)
+    assert (output_dir / "last_checkpoint").read_text().strip() == "model_0000000.pth"
+    assert [r["iteration"] for r in read_metrics(output_dir / "metrics.json")] == [0]
+    assert read_sessions(str(output_dir / "train_history.json"))[-1]["status"] == "interrupted"
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
@@ -20,6 +19,7 @@ from engine.loop import TrainingTelemetry
 from engine.metrics import NonFiniteLossError
 from engine.run_history import read_sessions
 from events.readers import read_log
+from logging_fixture import restore_root_logger  # noqa: F401  (a fixture)
 from train_net_outputs import REPO, tensorboard_scalars, train_net_env
 from wandb_reader import find_run_files, isolate_wandb, read_offline_run
 
@@ -29,19 +29,6 @@ WEIGHT_DICT = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_ce_0": 1.0, "loss_bbox_0"
 @pytest.fixture(autouse=True)
 def offline_wandb(monkeypatch, tmp_path):
     isolate_wandb(monkeypatch, str(tmp_path / "wandb-home"))
-
-
-@pytest.fixture
-def restore_root_logger():
-    """``prepare_output`` adds console and log.txt handlers to the root logger: remove them."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
 
 
 def make_cfg(tmp_path, max_iter=12, period=5, **overrides):

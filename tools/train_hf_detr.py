@@ -3,7 +3,7 @@
 
     python tools/train_hf_detr.py                                  # configs/hf_detr.yaml
     python tools/train_hf_detr.py OUTPUT_DIR out SOLVER.MAX_ITER 60
-    python tools/train_hf_detr.py --resume OUTPUT_DIR out          # after a crash or Ctrl-C
+    python tools/train_hf_detr.py OUTPUT_DIR out --resume          # after a crash or Ctrl-C
 
 A DETR that nobody here wrote, trained by a hand-written loop (DETR ``main.py`` style) that
 calls ``engine.loop.TrainingTelemetry.step`` once per iteration with the model's own
@@ -27,11 +27,13 @@ from engine import comm  # noqa: E402
 from engine.checkpoint import Checkpointer  # noqa: E402
 from engine.config import ConfigError, dump_config, load_config  # noqa: E402
 from engine.defaults import (  # noqa: E402
+    command_line,
     default_argument_parser,
     default_setup,
     init_distributed_from_env,
     one_cpu_thread_for_tiny_models,
     output_dir_override,
+    resume_command,
 )
 from engine.demo.data import build_train_loader  # noqa: E402
 from engine.demo.hf_detr import (  # noqa: E402
@@ -41,6 +43,7 @@ from engine.demo.hf_detr import (  # noqa: E402
     hf_detr_weight_dict,
     to_hf_labels,
 )
+from engine.graceful_stop import GracefulStop, TrainingInterrupted  # noqa: E402
 from engine.loop import TrainingTelemetry  # noqa: E402
 from engine.solver import build_optimizer  # noqa: E402
 from events.writer_guard import MissingExtraError  # noqa: E402
@@ -51,32 +54,40 @@ logger = logging.getLogger("train_hf_detr")
 
 
 def main(args) -> int:
-    try:
-        cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args), schema=HfDetrTrainConfig)
-        build_hf_detr_config(cfg)  # every config mistake is reported before anything is written
-    except (ConfigError, MissingExtraError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg, args.resume)
-    except FloatingPointError as e:
-        # Every rank raises at the same iteration; what was logged before is on disk.
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        # The telemetry closed on the way out: everything logged is on disk.
-        print("interrupted: what was logged is on disk; continue with --resume", file=sys.stderr)
-        return 130
+    # Ctrl-C / SIGTERM from here on stop training after the current step, with a checkpoint.
+    with GracefulStop() as stop:
+        try:
+            cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args), schema=HfDetrTrainConfig)
+            build_hf_detr_config(cfg)  # every config mistake is reported before anything is written
+        except (ConfigError, MissingExtraError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            train(cfg, args.resume, stop)
+        except FloatingPointError as e:
+            # Every rank raises at the same iteration; what was logged before is on disk.
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except TrainingInterrupted as e:
+            # The telemetry closed on the way out (everything logged is on disk) after the
+            # checkpoint of the last step was saved.
+            print(
+                f"{e.signal_name}: training stopped after iteration {e.iteration}; "
+                f"resume with: {resume_command(cfg, comm.get_world_size())}",
+                file=sys.stderr,
+            )
+            return e.exit_code
     return 0
 
 
-def train(cfg, resume: bool) -> None:
+def train(cfg, resume: bool, stop: GracefulStop) -> None:
     """The loop: data -> HF model (loss inside) -> backward -> telemetry.step -> optimizer step."""
     device = torch.device(cfg.MODEL.DEVICE)
     init_distributed_from_env()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     output_dir = cfg.OUTPUT_DIR
-    default_setup(output_dir, cfg.SEED, resume=resume)  # log.txt, archive of an earlier run, seed
+    # log.txt, archive of an earlier run, seed
+    default_setup(output_dir, cfg.SEED, resume=resume, command=command_line(cfg))
     one_cpu_thread_for_tiny_models(device)
 
     model = build_hf_detr(cfg).to(device)
@@ -107,10 +118,12 @@ def train(cfg, resume: bool) -> None:
             telemetry.step(outputs.loss_dict, lr=optimizer.param_groups[0]["lr"], **scalars)
             optimizer.step()
             scheduler.step()
-            done = iteration + 1 == max_iter
-            if done or (solver.CHECKPOINT_PERIOD > 0 and (iteration + 1) % solver.CHECKPOINT_PERIOD == 0):
+            done, stopping = iteration + 1 == max_iter, stop.should_stop()  # every rank asks
+            if done or stopping or (solver.CHECKPOINT_PERIOD > 0 and (iteration + 1) % solver.CHECKPOINT_PERIOD == 0):
                 name = "model_final" if done else f"model_{iteration:07d}"
                 checkpointer.save(name, telemetry=telemetry.state_dict())
+            if stopping:
+                raise stop.interrupted(iteration)
     logger.info("Finished at iteration %d; outputs in %s", max_iter, output_dir)
     comm.synchronize()
 
