@@ -55,6 +55,7 @@ def test_total_loss_weighted_is_the_models_own_loss():
         (["MODEL.DETR.CLASS_WEIGHT", "2.0"], "MODEL.DETR.CLASS_WEIGHT=2.0: transformers' DETR weights loss_ce by 1"),
         (["MODEL.DETR.NUM_REL_CLASSES", "7"], "MODEL.DETR.NUM_REL_CLASSES: transformers' DETR is a detection model"),
         (["MODEL.HF_DETR.BACKBONE_DEPTHS", "[1, 1]"], "BACKBONE_DEPTHS (2 stages) must have one entry per stage"),
+        (["MODEL.HF_DETR.NUM_QUERIES", "0"], "MODEL.HF_DETR.NUM_QUERIES must be a finite number >= 1, got 0"),
     ],
 )
 def test_config_mistakes_are_one_line_before_anything_is_written(tmp_path, capsys, overrides, message):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from criterion.config import RELATION_ONLY_KEYS, non_default_keys
 from criterion.weight_dict import detection_weight_dict
-from engine.config import Config, ConfigError, ModelConfig
+from engine.config import Config, ConfigError, ModelConfig, at_least, each_at_least, key
 from events.writer_guard import describe_exception, import_optional
 
 __all__ = [
@@ -39,12 +39,14 @@ __all__ = [
 class HfDetrConfig:
     """``MODEL.HF_DETR``: transformers' DETR settings that ``MODEL.DETR`` has no key for."""
 
-    NUM_QUERIES: int = 12
-    ENC_LAYERS: int = 1
+    NUM_QUERIES: int = key(12, at_least(1))
+    ENC_LAYERS: int = key(1, at_least(1))
     # The ResNet backbone: stem width, then one width and one depth per stage (stride 32 overall).
-    BACKBONE_EMBEDDING_SIZE: int = 16
-    BACKBONE_HIDDEN_SIZES: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    BACKBONE_DEPTHS: List[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    BACKBONE_EMBEDDING_SIZE: int = key(16, at_least(1))
+    BACKBONE_HIDDEN_SIZES: List[int] = field(
+        default_factory=lambda: [16, 32, 64, 128], metadata={"checks": (each_at_least(1),)}
+    )
+    BACKBONE_DEPTHS: List[int] = field(default_factory=lambda: [1, 1, 1, 1], metadata={"checks": (each_at_least(1),)})
 
 
 @dataclass
