@@ -47,3 +47,14 @@ def test_our_trainer_snippet(tmp_path):
     assert "iter: 19" in result.stdout and "loss_relation_0" in rows[-1]
     assert json.loads((output_dir / "wandb_run.json").read_text())
     assert (output_dir / "model_final.pth").exists()
+
+
+def test_storage_snippet(tmp_path):
+    result = run_snippet(readme_snippet("storage"), tmp_path)
+    output_dir = tmp_path / "clone" / "outputs" / "storage-tour"
+    rows = read_metrics(output_dir / "metrics.json")
+    # storage.step() advances the iteration: two periods written, each at its own iteration.
+    assert [r["iteration"] for r in rows] == [19, 39]
+    assert rows[-1]["lr"] == 1e-4 and rows[-1]["loss_ce"] == 0.5
+    assert "iter: 39" in result.stdout and "iter: 39" in (output_dir / "log.txt").read_text()
+    assert "d2.utils.events INFO:" in (output_dir / "log.txt").read_text()
