@@ -12,7 +12,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from events.readers import LogReadError, LogTable, find_logs, log_label, read_runs, select_run, sniff_format
+from events.readers import LogReadError, LogTable, find_logs, log_label, read_runs, select_run, sniff_file
 from events.readers.table import X_AXES
 
 from .figures import filter_keys, plan_figures
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vis_train_log.py",
         description="Replot a training log (detectron2 log.txt / metrics.json, DETR log.txt, MMDetection "
-        ".log.json, MMEngine scalars.json, CSV/JSONL, TensorBoard events): figures + summary numbers.",
+        ".log.json, MMEngine text log / scalars.json, PyTorch Lightning metrics.csv, CSV/JSONL, TensorBoard "
+        "events): figures + summary numbers.",
     )
     parser.add_argument("--log-file", help="log file, or a run folder holding one")
     parser.add_argument("--compare", nargs="+", default=[], metavar="LOG", help="more logs drawn on shared axes, one colour per log")
@@ -67,8 +68,10 @@ def _list_logs(root: str) -> int:
         return 0
     print(f"{'modified':<16}  {'size':>9}  {'format':<18}  path")
     for log in logs:
-        with open(log.path, "rb") as handle:
-            fmt = sniff_format(handle.read(1 << 20)) if not os.path.basename(log.path).startswith("events.out") else "tensorboard"
+        try:
+            fmt = sniff_file(log.path)
+        except LogReadError:  # emptied or removed since it was found
+            fmt = "unreadable"
         stamp = datetime.datetime.fromtimestamp(log.modified).strftime("%Y-%m-%d %H:%M")
         print(f"{stamp:<16}  {log.size / 1024:>8.0f}K  {fmt:<18}  {log.path}")
     return 0

@@ -34,6 +34,7 @@ __all__ = [
     "read_runs",
     "select_run",
     "sniff_format",
+    "sniff_file",
     "find_logs",
     "best_log_in",
     "LogReadError",
@@ -92,6 +93,18 @@ def _read_head(path: str) -> Tuple[bytes, int]:
     if not head or (len(head) <= _HEAD_BYTES and head.isspace()):
         raise LogReadError(f"{path}: the file is empty")
     return head, max(size, len(head))
+
+
+def sniff_file(path: str) -> str:
+    """The format ``read_runs`` reads ``path`` as (one of ``FORMATS``; ``"tensorboard"`` for an
+    event file or a folder of them), from the same head it would read.
+
+    Raises:
+        LogReadError: the file is missing, unreadable or empty.
+    """
+    if os.path.isdir(path) or os.path.basename(path).startswith("events.out.tfevents."):
+        return "tensorboard"
+    return sniff_format(_read_head(path)[0])
 
 
 def _read_bytes(path: str) -> bytes:
