@@ -18,7 +18,7 @@ from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis,
                       readable_limits, run_color, run_label)
 from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
 from .options import FigureSpec, PlotOptions
-from .presentation import (SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant,
+from .presentation import (SPLIT_FIGURE_NOTE, constant_note, is_step_series, split_constant,
                            validation_panel_title, with_unit)
 from .ranks import has_ranks, ranks_figure
 from .smoothing import smooth
@@ -270,8 +270,7 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions, notes: Se
             gap = generalization_gap(train, val, options) if bottom is not None and train is not None and val is not None else None
             if gap is not None:
                 points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
-        title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
-        top.set_title(title if len(title) <= TITLE_CHARS else pair.name)
+        top.set_title(pair.title)
         loss_axis(top, options)
         if bottom is None:
             if rows == 2:
