@@ -175,9 +175,9 @@ def test_misuse_is_named(tmp_path):
 
 
 def test_command_line_in_train_history_hides_what_the_run_config_hides(tmp_path, monkeypatch):
-    # "--password=..." is no secret-named KEY followed by its value, so only the recorded run
-    # config (where W&B hides "password") tells the command line to hide it too.
-    monkeypatch.setattr(sys, "argv", ["train.py", "--epochs", "1", "--password=hunter2-hunter2"])
+    # "--pw" (argparse dest "password") is no secret-sounding name, so only the recorded run
+    # config, where W&B hides "password", tells the command line to hide its value too.
+    monkeypatch.setattr(sys, "argv", ["train.py", "--epochs", "1", "--pw", "hunter2-hunter2"])
     cfg = make_cfg(tmp_path, max_iter=2, **{"WANDB.ENABLED": False, "TENSORBOARD.ENABLED": False})
     with TrainingTelemetry(cfg.OUTPUT_DIR, cfg=cfg, run_config={"password": "hunter2-hunter2", "epochs": 1},
                            prepare_output=False) as telemetry:
