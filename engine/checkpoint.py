@@ -133,18 +133,17 @@ class PeriodicCheckpointer(HookBase):
     last finished step, so that ``--resume`` loses nothing.
 
     Register it after ``PeriodicWriter``: a checkpoint is taken after its step's metrics are
-    written. ``last_saved`` is the path of the latest checkpoint this hook wrote.
+    written.
     """
 
     def __init__(self, checkpointer: Checkpointer, period: int, file_prefix: str = "model"):
         self.checkpointer = checkpointer
         self.period = period
         self.file_prefix = file_prefix
-        self.last_saved: Optional[str] = None
         self._last_saved_iter: Optional[int] = None
 
     def _save(self, name: str) -> None:
-        self.last_saved = self.checkpointer.save(name, trainer=self.trainer.state_dict())
+        self.checkpointer.save(name, trainer=self.trainer.state_dict())
         self._last_saved_iter = self.trainer.iter
 
     def after_step(self) -> None:
