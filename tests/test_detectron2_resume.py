@@ -102,11 +102,10 @@ def one_thread(request):
     request.addfinalizer(lambda: torch.set_num_threads(threads))
 
 
-def test_default_writers_resume_without_being_told_the_iteration(tmp_path, one_thread):
+def stock_trainer_run(cfg):
+    """``run_training`` for detectron2's ``DefaultTrainer`` with its own ``build_writers``."""
     install()
     from detectron2.engine import DefaultTrainer
-
-    cfg = make_cfg(tmp_path)
 
     def run_training(loader, resume):
         trainer_class = type("Trainer", (DefaultTrainer,), {"build_train_loader": classmethod(lambda cls, cfg: loader(cfg))})
@@ -115,9 +114,26 @@ def test_default_writers_resume_without_being_told_the_iteration(tmp_path, one_t
         trainer.train()
         return trainer
 
-    resumed = crash_then_resume(run_training)
+    return run_training
+
+
+def test_default_writers_resume_without_being_told_the_iteration(tmp_path, one_thread):
+    resumed = crash_then_resume(stock_trainer_run(make_cfg(tmp_path)))
     assert resumed.start_iter == CHECKPOINT_PERIOD
     check_metrics_json_and_tensorboard(tmp_path)
+
+
+def test_a_fresh_start_in_a_used_directory_supersedes_the_earlier_run(tmp_path, one_thread):
+    run_training = stock_trainer_run(make_cfg(tmp_path))
+    run_training(scripted_loader(CRASHED_OFFSET), resume=False)
+    run_training(scripted_loader(0.0), resume=False)  # resume=False: starts at 0 again
+
+    records = read_records(tmp_path / "metrics.json")
+    assert [(r["iteration"], r["loss_ce"]) for r in records] == [(19, 9.5), (39, 29.5), (59, 49.5), (79, 69.5), (99, 89.5)]
+    earlier = read_records(tmp_path / "metrics.json.superseded-at-0")
+    assert [r["loss_ce"] for r in earlier] == [v + CRASHED_OFFSET for v in (9.5, 29.5, 49.5, 69.5, 89.5)]
+    loss_ce = tensorboard_scalars(tmp_path, "losses/loss_ce")
+    assert loss_ce == [(r["iteration"], pytest.approx(r["loss_ce"])) for r in records]
 
 
 def test_readme_snippet_resumes_metrics_tensorboard_and_wandb(tmp_path, monkeypatch, one_thread):
