@@ -20,10 +20,6 @@ from events.writers import CommonMetricPrinter, EventWriter, JSONWriter
 METRICS_FILE = "metrics.json"
 
 
-def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
-    return redact_secrets(OmegaConf.to_container(cfg, resolve=True))[0]
-
-
 def build_writers(
     cfg: DictConfig,
     output_dir: Optional[str] = None,
@@ -56,7 +52,7 @@ def build_writers(
 
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
-        config = _config_dict(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)  # WandbWriter redacts it itself
         tb_enabled = cfg.TENSORBOARD.ENABLED
         candidates.append(
             (
@@ -67,7 +63,10 @@ def build_writers(
         if cfg.WANDB.ENABLED:
             candidates.append(("WandbWriter", lambda: _wandb_writer(cfg, output_dir, config, resume_iter, tb_enabled)))
         if tb_enabled:
-            candidates.append(("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, config, resume_iter)))
+            tb_config = redact_secrets(config)[0]
+            candidates.append(
+                ("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, tb_config, resume_iter))
+            )
 
     writers = [build_guarded(name, factory, strict=strict) for name, factory in candidates]
     return [w for w in writers if w is not None]

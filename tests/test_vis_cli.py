@@ -175,6 +175,13 @@ def test_default_jobs_counts_idle_cpus_now(monkeypatch):
     assert render.default_jobs() == 1
 
 
+def _spinning(pid: int) -> bool:
+    """Whether process ``pid`` is runnable and has run a while (``/proc/<pid>/stat`` state R,
+    user time > 0): it counts in procs_running from then on."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return fields[0] == "R" and int(fields[11]) > 0
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="procs_running is read from Linux's /proc/stat")
 def test_a_cpu_bound_process_elsewhere_is_seen_at_once():
     from events.plotting import render
@@ -183,7 +190,11 @@ def test_a_cpu_bound_process_elsewhere_is_seen_at_once():
     try:
         import time
 
-        time.sleep(0.3)  # the interpreter has started and spins
+        # Wait for the event, not a fixed time: the spinner has used CPU and is runnable.
+        deadline = time.monotonic() + 120
+        while not _spinning(spinner.pid):
+            assert time.monotonic() < deadline, "the spinner never ran"
+            time.sleep(0.05)
         assert render._busy_elsewhere() >= 1
     finally:
         spinner.kill()
