@@ -163,6 +163,10 @@ class DemoScenesConfig:
     # Objects whose gap is at most this fraction of the image side are "near".
     NEAR_DISTANCE: float = key(0.15, between(0, 1))
     NUM_VAL_SCENES: int = key(200, at_least(1))
+    # A straggler for the per-rank figures: this rank's loader sleeps SLOW_RANK_SECONDS before
+    # each batch (-1: no rank is slowed).
+    SLOW_RANK: int = key(-1, at_least(-1))
+    SLOW_RANK_SECONDS: float = key(0.05, at_least(0))
     REAL: SceneDomainConfig = field(default_factory=lambda: SceneDomainConfig(NOISE=0.02, COLOR_JITTER=0.03))
     SYNTHETIC: SceneDomainConfig = field(
         default_factory=lambda: SceneDomainConfig(NOISE=0.1, COLOR_JITTER=0.1, NUM_DISTRACTORS=3)
@@ -255,18 +259,20 @@ class Config:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def get_cfg() -> DictConfig:
+def get_cfg(schema: type = Config) -> DictConfig:
     """A fresh, writable config holding every default."""
-    return OmegaConf.structured(Config)
+    return OmegaConf.structured(schema)
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), schema: type = Config) -> DictConfig:
     """Defaults <- ``_BASE_`` chain of ``path`` (base first) <- ``path`` <- ``overrides``.
 
     Args:
         path: YAML file.
         overrides: flat ``[KEY, VALUE, KEY, VALUE, ...]`` list (detectron2's ``opts``); each
             VALUE is parsed as YAML, so ``"50"`` is an int and ``"[a, b]"`` a list.
+        schema: the dataclass of every key and its default: :class:`Config`, or a subclass
+            that adds a script's own keys (as detectron2's ``add_*_config`` do).
 
     Returns:
         The merged config, read-only, every value within its declared constraints.
@@ -274,15 +280,15 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     Raises:
         ConfigError: one line naming the key and the file (or the command-line override).
     """
-    cfg = get_cfg()
+    cfg = get_cfg(schema)
     sources: Dict[str, str] = {}  # dotted key -> the file or override that set it last
     for file_path, data in _read_with_bases(Path(path)):
-        cfg = _merge(cfg, data, source=str(file_path), sources=sources)
+        cfg = _merge(cfg, data, source=str(file_path), sources=sources, schema=schema)
     for key_name, value in _parse_overrides(overrides):
         shown = value if len(value) <= 60 else f"{value[:57]}..."
         source = f"command-line override '{key_name} {shown}'"
-        cfg = _merge(cfg, _nest(key_name, _parse_yaml_value(value, source)), source=source, sources=sources)
-    _check_values(cfg, sources)
+        cfg = _merge(cfg, _nest(key_name, _parse_yaml_value(value, source)), source=source, sources=sources, schema=schema)
+    _check_values(cfg, sources, schema)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -423,10 +429,10 @@ def _nest(dotted_key: str, value: Any) -> dict:
 # --------------------------------------------------------------------------------------------
 # Merging with one-line errors
 # --------------------------------------------------------------------------------------------
-def _merge(cfg: DictConfig, data: dict, source: str, sources: Dict[str, str]) -> DictConfig:
+def _merge(cfg: DictConfig, data: dict, source: str, sources: Dict[str, str], schema: type = Config) -> DictConfig:
     """Merge ``data`` into ``cfg``; any problem becomes a one-line :class:`ConfigError`.
     ``sources`` learns which keys ``source`` set, for the value checks at the end."""
-    _check_keys(Config, data, prefix="", source=source)
+    _check_keys(schema, data, prefix="", source=source)
     try:
         merged = OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as e:
@@ -491,9 +497,9 @@ def declared_checks(schema: type = Config, prefix: str = "") -> Iterator[Tuple[s
             yield f"{prefix}{f.name}", f.metadata["checks"]
 
 
-def _check_values(cfg: DictConfig, sources: Dict[str, str]) -> None:
+def _check_values(cfg: DictConfig, sources: Dict[str, str], schema: type = Config) -> None:
     """Every declared constraint on the merged ``cfg``; the error names who set the value."""
-    for dotted, checks in declared_checks():
+    for dotted, checks in declared_checks(schema):
         group_key, _, name = dotted.rpartition(".")
         group = OmegaConf.select(cfg, group_key) if group_key else cfg
         value = group[name]

@@ -12,6 +12,10 @@ that is identical on every rank:
   exact mean over all samples; a count of 0 means "no value here"; counts are not logged;
 * ``data_time`` is the maximum over ranks (the slowest loader sets the pace) and
   ``rank_data_time`` is this rank's own, as detectron2 logs them;
+* with ``per_rank=True`` (the training reducers of ``MetricsWriter`` and ``write_metrics``) and
+  several ranks: each rank's data time, step time and peak memory, their max / median / argmax,
+  and ``slowest_rank`` when one rank is consistently the slowest (``engine/rank_stats.py``),
+  carried as three more columns of the same collective;
 * ``total_loss`` sums the loss terms (:func:`is_loss_term`); with a ``weight_dict`` it sums the
   keys of the weight dict, and ``total_loss_weighted`` is what backward saw,
   ``sum(weight_dict[k] * v)``;
@@ -48,6 +52,7 @@ import torch.distributed as dist
 
 from criterion.weight_dict import weighted_total
 from engine import comm
+from engine.rank_stats import RANK_FIELDS, RankStats
 from events.storage import get_event_storage
 
 __all__ = [
@@ -67,9 +72,11 @@ TOTAL_LOSS_WEIGHTED = "total_loss_weighted"
 DATA_TIME = "data_time"
 RANK_DATA_TIME = "rank_data_time"
 
-# The host columns closing every packed row (see _Layout).
+# The host columns closing every packed row (see _Layout), then the per-rank numbers
+# (engine/rank_stats.py; zeros when the reducer does not log them).
 _DATA_TIME, _HAS_UNREGISTERED, _INVALID = range(3)
-_NUM_EXTRA_COLUMNS = 3
+_RANK_COLUMNS = slice(3, 3 + len(RANK_FIELDS))
+_NUM_EXTRA_COLUMNS = 3 + len(RANK_FIELDS)
 
 Reduced = Dict[str, float]
 
@@ -183,6 +190,7 @@ class _PendingStep:
     registry_size: int
     unregistered: Optional[Dict[str, torch.Tensor]]  # entries the registry lacked, or None
     invalid: Optional[str]  # why this rank's dict cannot be reduced, or None
+    rank_values: np.ndarray  # [len(RANK_FIELDS)] this rank's timing and memory (rank_stats)
 
 
 @dataclasses.dataclass
@@ -217,9 +225,13 @@ class LossDictReducer:
         self,
         weight_dict: Optional[Mapping[str, float]] = None,
         group: Optional[dist.ProcessGroup] = None,
+        per_rank: bool = False,
     ) -> None:
         self.weight_dict = weight_dict
         self._group = group
+        # per_rank: also return each rank's data/step time and memory (engine/rank_stats.py),
+        # carried by the same collective. For training steps, not for validation.
+        self._rank_stats = RankStats() if per_rank else None
         # The registry: identical, in the same order, on every rank.
         self._names: List[str] = []
         self._counted: List[bool] = []
@@ -280,7 +292,7 @@ class LossDictReducer:
             return []
         gathered = self._exchange(steps)
         flags = gathered[:, :, -_NUM_EXTRA_COLUMNS:]
-        if flags[:, :, _HAS_UNREGISTERED:].any():  # rare; every rank sees it: no hang
+        if flags[:, :, _HAS_UNREGISTERED : _INVALID + 1].any():  # rare; every rank sees it: no hang
             if flags[:, :, _INVALID].any():
                 self._raise_invalid(steps, flags[:, :, _INVALID])
             self._register(steps)
@@ -310,8 +322,13 @@ class LossDictReducer:
         if invalid is not None:
             device = _device_and_dtype(loss_dict)[0]
             row = torch.zeros(size + len(layout.count_keys), dtype=torch.float64, device=device)
-            return _PendingStep(iteration, data_time, row, layout.presence(()), size, None, invalid)
-        return _PendingStep(iteration, data_time, row, check.presence, size, unregistered, None)
+            return _PendingStep(iteration, data_time, row, layout.presence(()), size, None, invalid, self._sample(data_time, row))
+        return _PendingStep(iteration, data_time, row, check.presence, size, unregistered, None, self._sample(data_time, row))
+
+    def _sample(self, data_time: float, row: torch.Tensor) -> np.ndarray:
+        if self._rank_stats is None:
+            return np.zeros(len(RANK_FIELDS))
+        return self._rank_stats.sample(data_time, row.device)
 
     def _pack_entries(self, source: Mapping[str, Any], layout: _Layout, complete: bool) -> torch.Tensor:
         """``layout``'s ``[values | counts]`` of ``source`` as one float64 vector on the entries'
@@ -372,11 +389,12 @@ class LossDictReducer:
         host_part = np.empty((len(steps), num_presence + _NUM_EXTRA_COLUMNS))
         for host_row, step, (_, presence) in zip(host_part, steps, widened):
             host_row[:num_presence] = presence
-            host_row[num_presence:] = (
+            host_row[num_presence : num_presence + 3] = (
                 step.data_time,
                 step.unregistered is not None,
                 step.invalid is not None,
             )
+            host_row[num_presence + _RANK_COLUMNS.start :] = step.rank_values
         world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         if world_size == 1:
             return np.concatenate([device_part.cpu().numpy(), host_part], axis=1)[None]
@@ -385,6 +403,8 @@ class LossDictReducer:
         packed = torch.cat([device_part.to(device), torch.from_numpy(host_part).to(device)], dim=1)
         parts = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(parts, packed, group=self._group)
+        if self._rank_stats is not None:
+            self._rank_stats.exchanged()
         return torch.stack(parts).cpu().numpy()
 
     def _widened(self, step: _PendingStep) -> Tuple[torch.Tensor, np.ndarray]:
@@ -443,6 +463,7 @@ class LossDictReducer:
         values = gathered[:, :, :size]  # [world, steps, keys]
         weights = gathered[:, :, size : size + num_weights][:, :, layout.weight_order]
         data_times = gathered[:, :, size + num_weights + _DATA_TIME].max(axis=0)
+        per_rank = self._per_rank(gathered[:, :, size + num_weights:][:, :, _RANK_COLUMNS])
         last = len(steps)
         # One sum tells whether everything is finite (a huge finite sum that overflows only
         # sends us down the careful path, which finds no problem).
@@ -486,6 +507,7 @@ class LossDictReducer:
                     reduced[name] = column[index]
             reduced[DATA_TIME] = data_time
             reduced[RANK_DATA_TIME] = steps[index].data_time
+            reduced.update(per_rank[index])
             results.append((steps[index].iteration, reduced))
         if last < len(steps):
             self._raise_for_step(
@@ -496,6 +518,12 @@ class LossDictReducer:
                 results,
             )
         return results
+
+    def _per_rank(self, block: np.ndarray) -> List[Dict[str, float]]:
+        """Per step, the per-rank scalars of ``block`` (``[world, steps, len(RANK_FIELDS)]``)."""
+        if self._rank_stats is None:
+            return [{} for _ in range(block.shape[1])]
+        return self._rank_stats.decode(block)
 
     def _totals(self, means: np.ndarray, held: np.ndarray) -> List[Tuple[str, List[Optional[float]]]]:
         """``[(name, per-step value or None)]`` for total_loss (and total_loss_weighted);
@@ -612,7 +640,7 @@ class MetricsWriter:
     ) -> None:
         if period < 1:
             raise ValueError(f"MetricsWriter period must be >= 1, got {period}")
-        self.reducer = LossDictReducer(weight_dict, group)
+        self.reducer = LossDictReducer(weight_dict, group, per_rank=True)
         self.deferred = deferred
         self.period = period
         self.prefix = prefix
@@ -653,7 +681,7 @@ def _reducer_for_world() -> LossDictReducer:
     global _shared_reducer
     world = dist.group.WORLD if comm.is_distributed() else None
     if _shared_reducer is None or _shared_reducer[0] is not world:
-        _shared_reducer = (world, LossDictReducer())
+        _shared_reducer = (world, LossDictReducer(per_rank=True))
     return _shared_reducer[1]
 
 

@@ -189,6 +189,8 @@ class SimpleTrainer(TrainerBase):
         losses.backward()
         self.after_backward()
         self.metrics_writer.write(loss_dict, data_time, cur_iter=self.iter)
+        if self.iter == self.max_iter - 1:
+            self.metrics_writer.flush()  # deferred steps must be in the storage for the last write
         self.optimizer.step()
 
     def after_train(self) -> None:

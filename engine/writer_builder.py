@@ -8,7 +8,7 @@ only (their logger decides what is shown); files and the W&B run belong to the m
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +26,7 @@ def build_writers(
     max_iter: Optional[int] = None,
     *,
     resume_iter: Optional[int] = None,
+    run_config: Optional[Mapping[str, Any]] = None,
 ) -> List[EventWriter]:
     """Console, JSON, W&B and TensorBoard writers as ``cfg`` configures them.
 
@@ -38,6 +39,8 @@ def build_writers(
             same run. None (fresh or resumed, not known yet): each writer reads the start from
             the trainer's ``EventStorage(start_iter)`` at its first write and does the same,
             W&B reopening the saved run only when the start is past 0.
+        run_config: what TensorBoard (hparams + text) and W&B record as the run's config
+            (nested dict, e.g. ``vars(args)`` of a script); default: ``cfg``.
 
     Returns:
         ``GuardedWriter``s (each disables itself on failure unless
@@ -52,7 +55,8 @@ def build_writers(
 
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
-        config = OmegaConf.to_container(cfg, resolve=True)  # WandbWriter redacts it itself
+        # WandbWriter redacts it itself.
+        config = OmegaConf.to_container(cfg, resolve=True) if run_config is None else dict(run_config)
         tb_enabled = cfg.TENSORBOARD.ENABLED
         candidates.append(
             (

@@ -7,7 +7,6 @@ does in a user's program; the distributed behaviour is in test_detectron2_bridge
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import types
@@ -20,15 +19,9 @@ from omegaconf import OmegaConf
 import d2_standin  # noqa: F401  (puts the stand-in on sys.path)
 from d2_standin import ScriptedLossModel, batches
 from engine.integrations.detectron2 import STORAGE_STATE_KEY, install
+from readme_snippets import readme_snippet
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def readme_snippet(name: str) -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    match = re.search(rf"<!-- snippet: {name}\b.*?-->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README has no '{name}' snippet"
-    return match.group(1)
 
 
 # ---------------------------------------------------------------------------- the README path

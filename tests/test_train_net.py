@@ -93,7 +93,7 @@ def test_every_output_file_is_written(demo_run):
     output_dir, _ = demo_run
     names = {p.name for p in output_dir.iterdir()}
     expected = {
-        "log.txt", "metrics.json", "config.yaml", "train_history.json", "loss_graph.png", "last_checkpoint",
+        "log.txt", "metrics.json", "config.yaml", "train_history.json", "loss_graph.png", "report.html", "last_checkpoint",
         "model_0000019.pth", "model_0000039.pth", "model_final.pth", "wandb", "wandb_run.json",
     }
     assert expected <= names

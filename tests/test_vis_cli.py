@@ -1,5 +1,6 @@
 """tools/vis_train_log.py (events.plotting.cli): figures, summary files, options, clean errors."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -95,6 +96,18 @@ def test_list_and_latest_quick(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "--latest", str(outputs), "--quick", "--output-dir", str(tmp_path / "plots"))
     assert code == 0 and out.startswith("new_run: detectron2-log")
     assert sorted(os.listdir(tmp_path / "plots")) == ["overview.png", "summary.csv", "summary.md", "train_vs_val.png"]
+
+
+def test_list_names_the_format_of_a_log_whose_first_record_exceeds_a_mebibyte(tmp_path, capsys):
+    run = tmp_path / "outputs" / "big_eval"
+    run.mkdir(parents=True)
+    per_class = {f"bbox/AP-class{i}": 1.0 for i in range(60_000)}  # a large label set's evaluation
+    first = json.dumps({"iteration": 0, "total_loss": 1.0, **per_class})
+    assert len(first) > 1 << 20
+    (run / "metrics.json").write_text(first + "\n" + json.dumps({"iteration": 19, "total_loss": 0.5}) + "\n")
+    code, out, _ = run_cli(capsys, "--list", str(tmp_path / "outputs"))
+    assert code == 0
+    assert "detectron2-metrics" in out.splitlines()[1], out
 
 
 def test_skipped_lines_are_reported_in_one_line(tmp_path, capsys):

@@ -8,7 +8,7 @@
 This script is also the reference for wiring the telemetry into your own trainer: build the
 model, criterion and data, then register the hooks in the order below (PeriodicWriter last).
 The output directory receives log.txt, metrics.json, TensorBoard events, a W&B offline run,
-checkpoints, config.yaml, train_history.json and loss_graph.png. Ctrl-C or SIGTERM stops after
+checkpoints, config.yaml, train_history.json, loss_graph.png and report.html. Ctrl-C or SIGTERM stops after
 the current step with every writer flushed and a checkpoint of that step (exit 130 / 143).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from engine.defaults import (  # noqa: E402
     default_argument_parser,
     default_setup,
     init_distributed_from_env,
+    one_cpu_thread_for_tiny_models,
     output_dir_override,
     resume_command,
 )
@@ -42,25 +43,12 @@ from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler,
 from engine.metrics import LossDictReducer  # noqa: E402
 from engine.param_monitor import ParameterMonitor  # noqa: E402
 from engine.run_history import RunHistory  # noqa: E402
+from engine.run_report import write_run_report  # noqa: E402
+from engine.solver import build_optimizer  # noqa: E402
 from engine.train_loop import SimpleTrainer  # noqa: E402
 from engine.writer_builder import build_writers  # noqa: E402
 
 logger = logging.getLogger("train_net")
-
-
-def build_optimizer(cfg, model: torch.nn.Module):
-    """AdamW with linear warmup then step decay at ``SOLVER.STEPS`` (DETR-style training)."""
-    solver = cfg.SOLVER
-    optimizer = torch.optim.AdamW(model.parameters(), lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
-
-    def lr_factor(iteration: int) -> float:
-        warmup = 1.0
-        if iteration < solver.WARMUP_ITERS:
-            alpha = iteration / max(solver.WARMUP_ITERS, 1)
-            warmup = solver.WARMUP_FACTOR * (1 - alpha) + alpha
-        return warmup * solver.GAMMA ** sum(iteration >= step for step in solver.STEPS)
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
 def to_device(loader, device: torch.device) -> Iterator:
@@ -125,10 +113,7 @@ def build_trainer(cfg, args):
 
     output_dir = cfg.OUTPUT_DIR
     default_setup(output_dir, cfg.SEED, resume=args.resume, command=command_line(cfg))
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # The demo's tensors are tiny: one intra-op thread per process is ~10x faster than two
-        # on a busy 2-core machine (threads spin-wait for each other). OMP_NUM_THREADS overrides.
-        torch.set_num_threads(1)
+    one_cpu_thread_for_tiny_models(device)
 
     model = build_demo_model(cfg).to(device)
     optimizer, scheduler = build_optimizer(cfg, model)
@@ -192,7 +177,7 @@ def build_trainer(cfg, args):
 
 
 def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed: bool, stop: GracefulStop) -> int:
-    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png at the end.
+    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png and report.html at the end.
 
     Returns the exit code: 0, 1 (non-finite values) or 128 + signal (stopped by Ctrl-C/SIGTERM).
     """
@@ -231,6 +216,7 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     if history:
         history.finish("completed", final_values())
         write_loss_graph(output_dir)
+        write_run_report(output_dir)
     comm.synchronize()
     return 0
 

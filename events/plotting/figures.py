@@ -20,11 +20,13 @@ from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_orde
 from .options import FigureSpec, PlotOptions
 from .presentation import (SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant,
                            validation_panel_title, with_unit)
+from .ranks import has_ranks, ranks_figure
 from .smoothing import smooth
 from .style import RUN_COLORS
 from .train_val import train_val_pairs
 
-__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys"]
+__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys", "generalization_gap",
+           "validation_metrics"]
 
 _PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
@@ -265,13 +267,9 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions, notes: Se
                 curve(top, table, train, options, color=color_train, label=f"{prefix}train", band=single)
             if val is not None:
                 points(top, table, val, options, color=color_val, label=f"{prefix}validation", style="--")
-            if bottom is not None and train is not None and val is not None and len(train):
-                smoothed = smooth(train.values, options.smooth)
-                finite = np.isfinite(smoothed)
-                if finite.any():
-                    at_val = np.interp(val.steps, train.steps[finite], smoothed[finite])
-                    gap = Series(val.steps, val.values - at_val)
-                    points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
+            gap = generalization_gap(train, val, options) if bottom is not None and train is not None and val is not None else None
+            if gap is not None:
+                points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
         title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
         top.set_title(title if len(title) <= TITLE_CHARS else pair.name)
         loss_axis(top, options)
@@ -301,6 +299,25 @@ def _drop_constant(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]])
     return {base: bases[base] for base in varying}, constant_note(constant, f"logged {tables[0].step_unit}")
 
 
+def generalization_gap(train: Series, val: Series, options: PlotOptions) -> Optional[Series]:
+    """``val - smoothed train`` at each evaluation step (None when train has no finite point)."""
+    smoothed = smooth(train.values, options.smooth)
+    finite = np.isfinite(smoothed)
+    if not len(train) or not finite.any():
+        return None
+    return Series(val.steps, val.values - np.interp(val.steps, train.steps[finite], smoothed[finite]))
+
+
+def validation_metrics(tables: Sequence[LogTable]) -> List[str]:
+    """Validation metrics worth a panel: not losses, not aux layers, not a DETR ``_unscaled``
+    copy of a logged metric, and finite somewhere."""
+    val_names = list(dict.fromkeys(n for t in tables for n in t.val))
+    val_parts = parse_keys(val_names)
+    metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
+               and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
+    return [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+
+
 def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[FigureSpec]:
     """The figures ``tables`` call for, in a fixed order; each built only when asked.
 
@@ -308,7 +325,6 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     figure they belong to names them and their value; when that leaves the figure without
     panels, the note goes on the overview (else on the train-vs-validation figure)."""
     train_names = list(dict.fromkeys(n for t in tables for n in t.train))
-    val_names = list(dict.fromkeys(n for t in tables for n in t.val))
     groups = group_keys(train_names)
     specs: List[FigureSpec] = []
     orphans: List[str] = []  # notes of figures left without panels; filled before any figure is built
@@ -324,11 +340,7 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
                        lambda chunk, notes: family_figure(tables, options, dict(chunk), "other training scalars", False, notes))
     if groups.split_bases:
         specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases), len(groups.split_bases)))
-    val_parts = parse_keys(val_names)
-    metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
-               and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
-    metrics = [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
-    metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in metrics})
+    metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in validation_metrics(tables)})
     note = constant_note(constant, "evaluation")
     if len(tables) == 1:
         panels = _validation_panels(tables, metrics)
@@ -340,6 +352,8 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     if any(_main_train_loss(t) for t in tables):
         homeless = orphans if not specs or specs[0].name != "overview" else []
         specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options, homeless), panels=2))
+    if has_ranks(tables):
+        specs.append(FigureSpec("ranks", lambda: ranks_figure(tables, options), panels=3))
     return specs
 
 

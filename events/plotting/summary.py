@@ -31,6 +31,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .presentation import is_bookkeeping
+from .ranks import rank_headline
 from .smoothing import SmoothSpec, smooth
 from .train_val import train_val_pairs
 
@@ -47,7 +48,7 @@ _CSV_COLUMNS = (
     "run", "split", "key", "points", "non_finite", "initial", "final", "min", "max", "mean", "std", "change",
     "change_pct", "last_window_cv", "converged", "spikes", "first_spike_step", "slope", "best", "best_step",
 )
-_TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
+TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
 # Validation metrics worth a headline line: the main AP / mAP, recalls, the validation loss.
 _HEADLINE_METRIC = re.compile(r"(?:^|/)(?:AP|mAP|bbox_mAP|segm_mAP|SGMeanRecall@\d+|SGRecall@\d+|mIoU|PQ|total_loss|loss)$")
 
@@ -104,6 +105,7 @@ class RunSummary:
     keys: List[KeySummary] = field(default_factory=list)
     overfit: Optional[OverfitCheck] = None
     skipped: Optional[str] = None
+    straggler: Optional[str] = None  # the per-rank line (events/plotting/ranks.py)
 
 
 # Paeth's median-of-9 exchange network (as in Devillard's opt_med9): after these 19
@@ -156,7 +158,10 @@ def _slope(steps: np.ndarray, values: np.ndarray) -> float:
     if finite.sum() < 2 or np.ptp(steps[finite]) == 0:
         return math.nan
     x, y = steps[finite], values[finite]
-    slope = float(np.polyfit(x, y, 1)[0])
+    try:
+        slope = float(np.polyfit(x, y, 1)[0])
+    except np.linalg.LinAlgError:  # values near the float limit overflow inside the fit: no trend to tell
+        return math.nan
     # A flat curve fits a slope of float noise (-8e-18), which would print as a trend.
     return 0.0 if abs(slope) * np.ptp(x) <= 1e-9 * float(np.abs(y).max()) else slope
 
@@ -255,6 +260,7 @@ def summarize(table: LogTable, spec: SmoothSpec = SmoothSpec()) -> RunSummary:
             if key_summary is not None:
                 summary.keys.append(key_summary)
     summary.overfit = _overfit_check(table, spec)
+    summary.straggler = rank_headline(table)
     return summary
 
 
@@ -311,6 +317,8 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
         lines.append(f"best validation {key.key}: {key.best:.4g} at {run.step_unit} {key.best_step:g}")
     if len(best) > max_best:
         lines.append(f"best of {len(best)} validation metrics: see the best / best_step columns")
+    if run.straggler:
+        lines.append(run.straggler)
     if run.skipped and with_skipped:
         lines.append(run.skipped)
     return lines
@@ -318,11 +326,15 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
 
 
 
+def table_cells(key: KeySummary) -> List[str]:
+    """The cells of ``key``'s row in summary.md's table (and report.html's), in ``TABLE_COLUMNS`` order."""
+    return [convergence_text(key) if column == "converged" else _cell(getattr(key, column)) for column in TABLE_COLUMNS]
+
+
 def _markdown_table(keys: Sequence[KeySummary]) -> List[str]:
-    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "---|" * len(_TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for key in keys:
-        cells = [convergence_text(key) if column == "converged" else _cell(getattr(key, column)) for column in _TABLE_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(table_cells(key)) + " |")
     if any(convergence_text(key) == TOO_FEW_POINTS for key in keys):
         lines += ["", _CONVERGENCE_RULE + "."]
     return lines
