@@ -49,9 +49,14 @@ class EventStorage:
     ``smoothing_hint=True`` are reported by writers as a window median; others as the latest
     value. Each key keeps at most ``history_length`` values in memory; the full history belongs
     on disk (metrics.json, TensorBoard).
+
+    ``start_iter`` is the iteration training started (or resumed) at, as the trainer opened the
+    storage with it; it is not part of ``state_dict``. Writers read it on their first write to
+    supersede what a crashed run left from there on (see ``events.writers.ResumableWriter``).
     """
 
     def __init__(self, start_iter: int = 0, history_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.start_iter = int(start_iter)
         self._history: Dict[str, HistoryBuffer] = {}
         self._smoothing_hints: Dict[str, bool] = {}
         self._latest_scalars: Dict[str, Tuple[float, int]] = {}
