@@ -44,7 +44,7 @@ from engine.demo.hf_detr import (  # noqa: E402
     hf_detr_weight_dict,
     to_hf_labels,
 )
-from engine.graceful_stop import GracefulStop, TrainingInterrupted  # noqa: E402
+from engine.graceful_stop import GracefulStop, TrainingInterrupted, exit_code_of  # noqa: E402
 from engine.loop import TrainingTelemetry  # noqa: E402
 from engine.solver import build_optimizer  # noqa: E402
 from events.writer_guard import MissingExtraError  # noqa: E402
@@ -134,4 +134,5 @@ def train(cfg, resume: bool, stop: GracefulStop) -> None:
 if __name__ == "__main__":
     parser = default_argument_parser(__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
     parser.epilog = "Examples:\n" + "\n".join(line for line in __doc__.splitlines() if "python tools/" in line)
-    sys.exit(main(parser.parse_args()))
+    args = parser.parse_args()
+    sys.exit(exit_code_of(lambda: main(args)))
