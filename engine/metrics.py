@@ -69,12 +69,13 @@ TOTAL_LOSS_WEIGHTED = "total_loss_weighted"
 DATA_TIME = "data_time"
 RANK_DATA_TIME = "rank_data_time"
 
-# The per-rank host values closing every exchanged row, after the device values. The one
-# all_gather hands every rank every rank's copy: another per-rank figure (step time, peak memory)
-# is one more name here, its value in the tuple _exchange builds from a _PendingStep, and a read
-# of that column of ``host`` (``[world, steps, len(_HOST_COLUMNS)]``) in LossDictReducer._reduce.
-_HOST_COLUMNS = ("data_time", "has_unregistered", "invalid")
-_DATA_TIME, _HAS_UNREGISTERED, _INVALID = range(len(_HOST_COLUMNS))
+# The per-rank host values closing every exchanged row, after the device values: two flags,
+# then per-rank figures. The one all_gather hands every rank every rank's copy, so another
+# per-rank figure (step time, peak memory) is one more name at the end here, its value in the
+# tuple _exchange writes for each _PendingStep, and a read of that column of ``host``
+# (``[world, steps, len(_HOST_COLUMNS)]``) in LossDictReducer._reduce.
+_HOST_COLUMNS = ("has_unregistered", "invalid", "data_time")
+_HAS_UNREGISTERED, _INVALID, _DATA_TIME = range(len(_HOST_COLUMNS))
 _NUM_EXTRA_COLUMNS = len(_HOST_COLUMNS)
 
 Reduced = Dict[str, float]
@@ -296,8 +297,32 @@ class LossDictReducer:
             raise RuntimeError(
                 f"reduce() called with {len(self._pending)} deferred steps pending; flush() first"
             )
-        self.add(loss_dict, data_time, iteration)
+        step = self._pack(loss_dict, float(data_time), int(iteration))
+        if not comm.is_distributed():
+            reduced = self._reduce_plain_step(step)
+            if reduced is not None:
+                return reduced
+        self._pending.append(step)
         return self.flush_rows()[0]
+
+    def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
+        """The reduction of one step without a process group, when nothing is special about it:
+        registered keys read on the host, every key held, everything finite. ``None`` otherwise,
+        and the general path (:meth:`flush_rows`) decides. Same numbers as that path, without
+        its ``[world, steps]`` machinery: this is the per-step hot path of a single process."""
+        if step.unregistered is not None or step.invalid is not None or isinstance(step.entries, torch.Tensor):
+            return None
+        totals = self._totals_for_weight_dict()
+        row = step.template.copy()
+        row[step.columns] = step.entries
+        size = len(self._names)
+        if not (totals.any_term and math.isfinite(row.sum()) and (row[size:] > 0).all()):
+            return None
+        means = row[:size]
+        reduced = np.concatenate((means, means @ totals.matrix, (step.data_time, step.data_time)))
+        if not math.isfinite(reduced.sum()):  # an overflowing total: the general path raises
+            return None
+        return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
 
     def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
         """Pack one step and keep it until :meth:`flush`: on the CPU its values, else a row on
@@ -330,10 +355,11 @@ class LossDictReducer:
         if not steps:
             return []
         gathered = self._exchange(steps)
-        flags = gathered[:, :, -_NUM_EXTRA_COLUMNS:]
-        if flags[:, :, _HAS_UNREGISTERED:].any():  # rare; every rank sees it: no hang
-            if flags[:, :, _INVALID].any():
-                self._raise_invalid(steps, flags[:, :, _INVALID])
+        flags = 2 * len(self._names)  # the flags are the first host columns
+        if gathered[:, :, flags : flags + 2].any():  # rare; every rank sees it: no hang
+            invalid = gathered[:, :, flags + _INVALID]
+            if invalid.any():
+                self._raise_invalid(steps, invalid)
             self._register(steps)
             gathered = self._exchange(steps)
         return self._reduce(steps, gathered)
@@ -435,15 +461,15 @@ class LossDictReducer:
         rows = matrix[:, : 2 * size]
         entries = self._host_entries(steps)
         first = steps[0]
-        if all(step.columns is first.columns and step.template is first.template for step in steps):
+        if len(steps) == 1 or all(step.columns is first.columns and step.template is first.template for step in steps):
             rows[:] = first.template  # the usual case: one key set, written for all steps at once
             rows[:, first.columns] = entries
         else:
             for row, step, step_entries in zip(rows, steps, entries):
                 row[:] = step.template
                 row[step.columns] = step_entries
-        matrix[:, 2 * size :] = [
-            (step.data_time, step.unregistered is not None, step.invalid is not None) for step in steps
+        matrix[:, 2 * size :] = [  # _HOST_COLUMNS
+            (step.unregistered is not None, step.invalid is not None, step.data_time) for step in steps
         ]
         if size != len(self._names):
             matrix = self._widened(steps, matrix)
@@ -525,7 +551,11 @@ class LossDictReducer:
         bad = None
         # One sum tells whether everything is finite (a huge finite sum that overflows only
         # sends us down the careful path, which finds no problem).
-        if not math.isfinite(gathered.sum()) or (self._layout.count_keys and weights.min() < 0):
+        finite = math.isfinite(gathered.sum())
+        if finite:
+            means, held, all_held = _weighted_means(values, weights)  # [steps, keys]
+        # Every weight > 0 (all_held on one rank) rules out a negative count without a look.
+        if not finite or (self._layout.count_keys and not (all_held and len(gathered) == 1) and weights.min() < 0):
             # Rare: find the first step with a real problem, and mask out entries without
             # weight (a count of 0 may stand beside a NaN mean over nothing).
             present = weights > 0
@@ -536,16 +566,15 @@ class LossDictReducer:
                 last = int(np.argmax(problems))
             usable = present & np.isfinite(values) & np.isfinite(weights)  # differs only in problem steps
             values, weights = np.where(usable, values, 0.0), np.where(usable, weights, 0.0)
-        means, held = _weighted_means(values, weights)  # [steps, keys]
+            means, held, all_held = _weighted_means(values, weights)
         totals = self._totals_for_weight_dict()
         reduced = size + len(totals.names)
+        data_times = (host[0] if len(host) == 1 else host.max(axis=0))[:, _DATA_TIME].tolist()
         # [steps, keys | totals | data_time, rank_data_time]
-        table = np.empty((len(steps), reduced + 2))
-        table[:, :size] = means
-        table[:, size:reduced] = means @ totals.matrix
-        table[:, reduced] = host[0, :, _DATA_TIME] if len(host) == 1 else host[:, :, _DATA_TIME].max(axis=0)
-        table[:, reduced + 1] = [step.data_time for step in steps]
-        if totals.any_term and held.all():  # the usual case: every key held at every step
+        table = np.concatenate(
+            (means, means @ totals.matrix, [(dt, step.data_time) for dt, step in zip(data_times, steps)]), axis=1
+        )
+        if totals.any_term and all_held:  # the usual case: every key held at every step
             complete = [True] * len(steps)
         else:
             has_terms = (held & totals.is_term).any(axis=1)  # a total needs a held term
@@ -626,8 +655,9 @@ class LossDictReducer:
         )
 
 
-def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """``sum_r w_r v_r / sum_r w_r`` over ranks (axis 0) and whether any rank held the key.
+def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """``sum_r w_r v_r / sum_r w_r`` over ranks (axis 0), whether any rank held each key
+    (``[steps, keys]`` both), and whether every key was held at every step.
 
     Computed as ``sum_r (w_r / sum w) v_r`` with the weights first scaled by their maximum, so
     finite inputs cannot overflow (``1.5e308`` on two ranks averages to ``1.5e308``, where the
@@ -635,12 +665,13 @@ def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray
     """
     if len(values) == 1:  # one rank: its values are the means
         held = weights[0] > 0
-        return np.where(held, values[0], 0.0), held
+        all_held = bool(held.all())
+        return (values[0] if all_held else np.where(held, values[0], 0.0)), held, all_held
     scale = weights.max(axis=0)
     held = scale > 0
     shares = weights / np.where(held, scale, 1.0)  # in [0, 1]
     shares /= np.where(held, shares.sum(axis=0), 1.0)
-    return (shares * values).sum(axis=0), held
+    return (shares * values).sum(axis=0), held, bool(held.all())
 
 
 def _as_dict(reduced: ReducedRow) -> Tuple[int, Reduced]:
