@@ -305,6 +305,8 @@ class LossDictReducer:
         self._pending.append(step)
         return self.flush_rows()[0]
 
+    # Overflows of finite values are detected (and raised as NonFiniteLossError), not warned.
+    @np.errstate(over="ignore", invalid="ignore")
     def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
         """The reduction of one step without a process group, when nothing is special about it:
         registered keys read on the host, every key held, everything finite. ``None`` otherwise,
@@ -541,6 +543,7 @@ class LossDictReducer:
         raise ValueError(f"Invalid loss dict at iteration={steps[first].iteration}: {named}")
 
     # ------------------------------------------------------------------ reduction (host)
+    @np.errstate(over="ignore", invalid="ignore")
     def _reduce(self, steps: List[_PendingStep], gathered: np.ndarray) -> List[ReducedRow]:
         """Every rank's identical reduction of ``gathered`` (``[world, steps, row length]``)."""
         size = len(self._names)
@@ -559,8 +562,7 @@ class LossDictReducer:
             # Rare: find the first step with a real problem, and mask out entries without
             # weight (a count of 0 may stand beside a NaN mean over nothing).
             present = weights > 0
-            with np.errstate(invalid="ignore"):
-                bad = (present & ~np.isfinite(values), ~np.isfinite(weights), weights < 0)
+            bad = (present & ~np.isfinite(values), ~np.isfinite(weights), weights < 0)
             problems = (bad[0] | bad[1] | bad[2]).any(axis=(0, 2))
             if problems.any():
                 last = int(np.argmax(problems))

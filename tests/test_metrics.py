@@ -339,6 +339,51 @@ def test_backward_total_keeps_the_graph_and_follows_the_totals():
         backward_total({"k_log": T(1.0)})
 
 
+def test_finite_values_near_the_float64_limit_do_not_overflow_and_an_overflowing_total_raises():
+    huge = T(1.5e308, dtype=torch.float64)
+    reducer = LossDictReducer()
+    reduced = reducer.reduce({"loss_ce": huge, "k_log": T(1.0)}, 0.0, 0)
+    assert reduced["loss_ce"] == 1.5e308 and reduced["total_loss"] == 1.5e308
+    with pytest.raises(NonFiniteLossError, match=r"iteration=1: total_loss \(overflow of finite values\)"):
+        reducer.reduce({"loss_ce": huge, "loss_bbox": huge}, 0.0, 1)
+    with EventStorage() as storage:  # deferred: the steps before the overflow are still written
+        writer = MetricsWriter(deferred=True, period=3)
+        writer.write({"loss_ce": huge, "loss_bbox": T(1.0, dtype=torch.float64)}, 0.0, cur_iter=0)
+        writer.write({"loss_ce": huge, "loss_bbox": huge}, 0.0, cur_iter=1)
+        with pytest.raises(NonFiniteLossError, match="iteration=1: total_loss"):
+            writer.write({"loss_ce": T(1.0), "loss_bbox": T(1.0)}, 0.0, cur_iter=2)
+    assert storage.latest()["total_loss"] == (1.5e308, 0)
+
+
+def _cuda_syncs(action):
+    """How many times ``action`` synchronised the host with the GPU (torch's sync debug mode)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            action()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (counts host-GPU synchronisations)")
+def test_one_host_sync_per_step_on_cuda_and_none_deferred():
+    cuda_dict = {name: value.cuda() for name, value in detr_like_dict().items()}
+    with EventStorage():
+        per_step = MetricsWriter()
+        per_step.write(cuda_dict, 0.0, cur_iter=0)  # registration: extra work, once
+        assert [_cuda_syncs(lambda: per_step.write(cuda_dict, 0.0, cur_iter=it)) for it in range(1, 4)] == [1, 1, 1]
+        deferred = MetricsWriter(deferred=True, period=4)
+        deferred.write(cuda_dict, 0.0, cur_iter=0)
+        deferred.flush()
+        assert [_cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=it)) for it in (1, 2)] == [0, 0]
+        assert _cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=3)) == 1  # the flush
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_deferred_add_on_cuda_never_syncs_the_host():
     reducer = LossDictReducer()
