@@ -111,7 +111,13 @@ class ScalarBlock:
         self.iterations[slots, column] = iterations[len(iterations) - kept:]
         counts[column] = count
         self.sums[column] = total
-        if (counts == counts[0]).all():
+
+    def realign(self) -> None:
+        """Go back to whole-row writes if every column holds as many values as the others, put
+        at the same iterations (after loading the columns of a saved block)."""
+        counts = self.counts()
+        kept = min(int(counts[0]), self.max_length)
+        if (counts == counts[0]).all() and (self.iterations[:kept] == self.iterations[:kept, :1]).all():
             self._rows = int(counts[0])
 
     # ------------------------------------------------------------------ reads
@@ -154,6 +160,9 @@ class ScalarBlock:
         :meth:`HistoryBuffer.median` of :meth:`HistoryBuffer.count_within` computes it column by
         column (same looks back, vectorised)."""
         window = max(int(window), 1)
+        if self._rows >= 0:  # whole rows: every column has the same iterations, so one count
+            count = HistoryBuffer._view(self, 0).count_within(window)
+            return column_medians(self.tail(count)[0])
         values, iterations = self.tail(2 * window)
         n = len(values)
         kept = np.minimum(self.counts(), self.max_length)
@@ -166,12 +175,12 @@ class ScalarBlock:
         decided = first_decides | (second < np.minimum(2 * window, kept)) | (kept <= 2 * window)
         samples = np.maximum(np.where(first_decides, first, second), 1)
         if samples.min() == samples.max() and decided.all():
-            return np.median(values[n - samples[0]:], axis=0)
+            return column_medians(values[n - samples[0]:])
         # Keys put at different cadences: one median per distinct sample count.
         medians = np.empty(self.num_columns)
         for count in np.unique(samples[decided]).tolist():
             columns = np.flatnonzero(decided & (samples == count))
-            medians[columns] = np.median(values[n - count:, columns], axis=0)
+            medians[columns] = column_medians(values[n - count:, columns])
         for column in np.flatnonzero(~decided).tolist():
             buffer = HistoryBuffer._view(self, column)
             medians[column] = buffer.median(buffer.count_within(window))
@@ -312,6 +321,19 @@ class HistoryBuffer:
         if self._owns_block:
             self._attach(ScalarBlock(max(int(state["max_length"]), 1), 1), 0)
         self._block.load_column(self._column, int(state["count"]), float(state["sum"]), values, iterations)
+        self._block.realign()
+
+
+def column_medians(values: np.ndarray) -> np.ndarray:
+    """``np.median(values, axis=0)`` of a ``[n, columns]`` array, the same numbers without its
+    per-call overhead: one partition around the middle."""
+    n = len(values)
+    half = n // 2
+    part = np.partition(values, sorted({max(half - 1, 0), half, n - 1}), axis=0)
+    median = part[half] if n % 2 else (part[half - 1] + part[half]) / 2
+    # NaN sorts last: a column holding one gets a NaN median, as with np.median.
+    has_nan = np.isnan(part[-1])
+    return np.where(has_nan, np.nan, median) if has_nan.any() else median
 
 
 def check_buffer_state(state: Dict[str, Any]) -> Tuple[List[float], List[float]]:

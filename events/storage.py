@@ -419,3 +419,4 @@ class EventStorage:
                     block.load_column(
                         column, int(buffer_state["count"]), float(buffer_state["sum"]), values, iterations
                     )
+                block.realign()

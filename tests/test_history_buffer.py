@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from events.history_buffer import HistoryBuffer
+from events.history_buffer import HistoryBuffer, column_medians
 
 
 def test_window_statistics_match_numpy_over_the_last_values():
@@ -74,3 +74,11 @@ def test_memory_is_flat_as_steps_grow():
     tracemalloc.stop()
     growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert growth < 10_000, f"history grew by {growth} bytes over 198k updates"
+
+
+def test_column_medians_equal_numpy_medians_nan_included():
+    rng = np.random.default_rng(0)
+    for n in range(1, 8):
+        values = rng.normal(size=(n, 5))
+        values[rng.random((n, 5)) < 0.15] = np.nan
+        np.testing.assert_array_equal(column_medians(values), np.median(values, axis=0))
