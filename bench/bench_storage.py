@@ -180,9 +180,11 @@ def period_read_ms(loss_dict: Dict[str, torch.Tensor], steps: int, repeats: int)
         "detectron2 + fvcore": lambda: theirs.latest_with_smoothing_hint(20),
     }
     timings: Dict[str, List[float]] = {name: [] for name in readers}
+    iteration = steps
     for rep in range(repeats):
         for name, read in readers.items():
-            ours.put_scalar("lr", 1e-4, smoothing_hint=False, cur_iter=steps + rep)  # a fresh read
+            ours.put_scalar("lr", 1e-4, smoothing_hint=False, cur_iter=iteration)  # a fresh read
+            iteration += 1
             start = time.perf_counter()
             read()
             timings[name].append((time.perf_counter() - start) * 1e3)

@@ -158,6 +158,7 @@ class _Layout:
     uncounted_weights: np.ndarray  # row columns of the uncounted names' weights
     get_values: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # names' entries of a dict
     get_counts: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # count_keys' entries
+    get_entries: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # names' then count_keys' entries
 
     @classmethod
     def of(cls, names: Sequence[str], counted: Sequence[bool]) -> "_Layout":
@@ -172,6 +173,7 @@ class _Layout:
             uncounted_weights=np.asarray([size + i for i, c in enumerate(counted) if not c], dtype=np.intp),
             get_values=_tuple_getter(names),
             get_counts=_tuple_getter(count_keys),
+            get_entries=_tuple_getter(list(names) + count_keys),
         )
 
     @property
@@ -263,6 +265,7 @@ class LossDictReducer:
         self._index: Dict[str, int] = {}
         self._layout = _Layout.of([], [])
         self._checks: Dict[Tuple[str, ...], _KeySetCheck] = {}
+        self._last_check: Tuple[Optional[Tuple[str, ...]], Optional[_KeySetCheck]] = (None, None)
         self._zeros: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._pending: List[_PendingStep] = []
         self._totals_cache: Optional[_Totals] = None
@@ -305,25 +308,31 @@ class LossDictReducer:
         self._pending.append(step)
         return self.flush_rows()[0]
 
-    # Overflows of finite values are detected (and raised as NonFiniteLossError), not warned.
-    @np.errstate(over="ignore", invalid="ignore")
     def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
         """The reduction of one step without a process group, when nothing is special about it:
         registered keys read on the host, every key held, everything finite. ``None`` otherwise,
         and the general path (:meth:`flush_rows`) decides. Same numbers as that path, without
         its ``[world, steps]`` machinery: this is the per-step hot path of a single process."""
-        if step.unregistered is not None or step.invalid is not None or isinstance(step.entries, torch.Tensor):
+        size = len(self._names)
+        if (
+            step.columns is not self._layout.entry_columns  # not every registered key (or invalid)
+            or step.unregistered is not None
+            or isinstance(step.entries, torch.Tensor)
+        ):
             return None
         totals = self._totals_for_weight_dict()
-        row = step.template.copy()
-        row[step.columns] = step.entries
-        size = len(self._names)
-        if not (totals.any_term and math.isfinite(row.sum()) and (row[size:] > 0).all()):
+        entries = step.entries  # [values of names | counts of count_keys], floats
+        try:
+            finite = math.isfinite(math.fsum(entries))
+        except OverflowError:
+            finite = False
+        if not (totals.any_term and finite and min(entries[size:], default=1.0) > 0):
             return None
-        means = row[:size]
-        reduced = np.concatenate((means, means @ totals.matrix, (step.data_time, step.data_time)))
-        if not math.isfinite(reduced.sum()):  # an overflowing total: the general path raises
+        means = np.array(entries[:size])
+        sums = means @ totals.matrix
+        if not math.isfinite(sums.sum()):  # an overflowing total: the general path raises
             return None
+        reduced = np.concatenate((means, sums, (step.data_time, step.data_time)))
         return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
 
     def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
@@ -369,9 +378,12 @@ class LossDictReducer:
     # ------------------------------------------------------------------ packing (per step)
     def _pack(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> _PendingStep:
         keys = tuple(loss_dict)
-        check = self._checks.get(keys)
-        if check is None:
-            check = self._checks[keys] = self._check_key_set(keys)
+        last_keys, check = self._last_check
+        if keys != last_keys:  # comparing with the last key set costs less than hashing it
+            check = self._checks.get(keys)
+            if check is None:
+                check = self._checks[keys] = self._check_key_set(keys)
+            self._last_check = (keys, check)
         size, layout = len(self._names), self._layout
         invalid, unregistered, source = check.invalid, None, loss_dict
         if invalid is None:
@@ -446,13 +458,14 @@ class LossDictReducer:
         layout = self._layout
         entry_keys = layout.names + layout.count_keys
         held = [position for position, key in enumerate(entry_keys) if key in present]
+        complete = len(held) == len(entry_keys)
         return _KeySetCheck(
             tuple(unregistered),
             None,
-            len(held) == len(entry_keys),
+            complete,
             layout.template(present),
-            _tuple_getter([entry_keys[position] for position in held]),
-            layout.entry_columns[held],
+            layout.get_entries if complete else _tuple_getter([entry_keys[position] for position in held]),
+            layout.entry_columns if complete else layout.entry_columns[held],
         )
 
     # ------------------------------------------------------------------ exchange (per flush)
@@ -531,6 +544,7 @@ class LossDictReducer:
             self._counted.append(counted)
         self._layout = _Layout.of(self._names, self._counted)
         self._checks.clear()
+        self._last_check = (None, None)
         self._totals_cache = None
         self._output_names.clear()
 

@@ -28,10 +28,11 @@ class ScalarBlock:
     While every update wrote every column (the usual case: a whole loss dict per step) all
     columns share one update count and a step is a plain row write; after a partial update each
     column keeps its own count (``counts()``), and writes scatter to each column's next slot.
-    ``sums`` holds the running sum of every value ever put, per column.
+    ``sums()`` is the sum of every value ever put, per column: rows written whole are added to
+    it when the ring is about to overwrite them (once per ``max_length`` rows, not per row).
     """
 
-    __slots__ = ("max_length", "values", "iterations", "sums", "_rows", "_counts", "_all")
+    __slots__ = ("max_length", "values", "iterations", "_sums", "_summed_rows", "_rows", "_counts", "_all")
 
     def __init__(self, max_length: int, num_columns: int) -> None:
         if max_length < 1:
@@ -39,7 +40,8 @@ class ScalarBlock:
         self.max_length = int(max_length)
         self.values = np.zeros((self.max_length, num_columns), dtype=np.float64)
         self.iterations = np.zeros((self.max_length, num_columns), dtype=np.float64)
-        self.sums = np.zeros(num_columns, dtype=np.float64)
+        self._sums = np.zeros(num_columns, dtype=np.float64)
+        self._summed_rows = 0  # while rows are written whole: rows already in _sums
         self._rows = 0  # the shared update count while all columns move together, else -1
         self._counts = np.zeros(0, dtype=np.int64)  # per-column counts once they differ
         self._all = np.arange(num_columns)
@@ -58,9 +60,30 @@ class ScalarBlock:
         return self._rows if self._rows >= 0 else int(self._counts[column])
 
     def _per_column_counts(self) -> np.ndarray:
-        if self._rows >= 0:
-            self._counts, self._rows = self.counts(), -1
+        if self._rows >= 0:  # from now on every write updates the sums itself
+            self._sums, self._counts, self._rows = self.sums(), self.counts(), -1
         return self._counts
+
+    def sums(self) -> np.ndarray:
+        """The sum of every value ever put, per column (``[num_columns]``)."""
+        if self._rows < 0 or self._summed_rows == self._rows:
+            return self._sums
+        return self._sums + self._unsummed().sum(axis=0)
+
+    def column_sum(self, column: int) -> float:
+        """``sums()[column]``, touching that column only."""
+        if self._rows < 0 or self._summed_rows == self._rows:
+            return float(self._sums[column])
+        return float(self._sums[column] + self._unsummed()[:, column].sum())
+
+    def _unsummed(self) -> np.ndarray:
+        """The rows written since the last addition to the sums (at most ``max_length``)."""
+        start, end = self._summed_rows % self.max_length, self._rows % self.max_length
+        if self._rows - self._summed_rows == self.max_length:
+            return self.values
+        if start <= end:
+            return self.values[start:end]
+        return np.concatenate((self.values[start:], self.values[:end]))
 
     # ------------------------------------------------------------------ writes
     def put_row(self, row: Any, iteration: float) -> None:
@@ -69,10 +92,12 @@ class ScalarBlock:
         if rows < 0:
             self.put_columns(self._all, row, iteration)
             return
+        if rows - self._summed_rows == self.max_length:  # about to overwrite unsummed values
+            self._sums += self.values.sum(axis=0)
+            self._summed_rows = rows
         slot = rows % self.max_length
         self.values[slot] = row
         self.iterations[slot] = iteration
-        self.sums += self.values[slot]
         self._rows = rows + 1
 
     def put_columns(self, columns: np.ndarray, row: Any, iteration: float) -> None:
@@ -84,7 +109,7 @@ class ScalarBlock:
         slots = counts[columns] % self.max_length
         self.values[slots, columns] = row
         self.iterations[slots, columns] = iteration
-        self.sums[columns] += self.values[slots, columns]
+        self._sums[columns] += self.values[slots, columns]
         counts[columns] += 1
 
     def put_cell(self, column: int, value: float, iteration: float) -> None:
@@ -96,7 +121,7 @@ class ScalarBlock:
         slot = counts[column] % self.max_length
         self.values[slot, column] = value
         self.iterations[slot, column] = iteration
-        self.sums[column] += value
+        self._sums[column] += value
         counts[column] += 1
 
     def load_column(self, column: int, count: int, total: float, values: Sequence[float],
@@ -110,7 +135,7 @@ class ScalarBlock:
         self.values[slots, column] = values[len(values) - kept:]
         self.iterations[slots, column] = iterations[len(iterations) - kept:]
         counts[column] = count
-        self.sums[column] = total
+        self._sums[column] = total
 
     def realign(self) -> None:
         """Go back to whole-row writes if every column holds as many values as the others, put
@@ -118,7 +143,7 @@ class ScalarBlock:
         counts = self.counts()
         kept = min(int(counts[0]), self.max_length)
         if (counts == counts[0]).all() and (self.iterations[:kept] == self.iterations[:kept, :1]).all():
-            self._rows = int(counts[0])
+            self._rows = self._summed_rows = int(counts[0])
 
     # ------------------------------------------------------------------ reads
     def tail(self, window: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -286,10 +311,10 @@ class HistoryBuffer:
     def global_avg(self) -> float:
         """Mean of every value ever added (NaN if none, as an empty mean is)."""
         count = self.count
-        return float(self._block.sums[self._column]) / count if count else math.nan
+        return self.global_sum() / count if count else math.nan
 
     def global_sum(self) -> float:
-        return float(self._block.sums[self._column])
+        return self._block.column_sum(self._column)
 
     def values(self) -> List[Tuple[float, float]]:
         """Kept ``(value, iteration)`` pairs, oldest first."""
