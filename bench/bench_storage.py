@@ -19,7 +19,7 @@ Contenders, one CPU process:
 One writer period's read: ``latest_with_smoothing_hint(20)`` over 80 keys, computed afresh, ours
 against detectron2's (fvcore) on the same values and against one ``np.median(axis=1)``.
 
-Memory after 1M steps: ours is bounded (a ring buffer per key): tracemalloc at 10k steps and at
+Memory after 1M steps: ours is bounded (one ring of rows per key set): tracemalloc at 10k steps and at
 ``--memory-steps`` (default 100k; 1M takes ~6 min under tracemalloc) shows it flat. The peers keep
 every value up to 1M per key, so theirs is measured with tracemalloc at two step counts and
 extrapolated linearly to 1M (each step adds the same bytes).
@@ -38,7 +38,6 @@ It ends with the goal lines of each figure (this run's numbers next to the goal)
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import gc
 import os
@@ -46,7 +45,7 @@ import socket
 import sys
 import time
 import tracemalloc
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
