@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import detectron2_reference as d2  # noqa: E402
 from events import CommonMetricPrinter, EventStorage, JSONWriter  # noqa: E402
 from events.storage import StaleIterationWarning, get_event_storage  # noqa: E402
-from events.writers import EventWriter  # noqa: E402
+from events.writers import METRICS_LOGGER_NAME, EventWriter  # noqa: E402
 
 WINDOW = 20
 STEP_SECONDS = (0.05, 0.43)
@@ -127,7 +127,7 @@ def candidates(root: str) -> Dict[str, Callable[[], EventWriter]]:
     from events.tensorboard_writer import TensorboardXWriter
     from events.wandb_writer import WandbWriter
 
-    console_logger = logging.getLogger("events.writers")
+    console_logger = logging.getLogger(METRICS_LOGGER_NAME)
     console_logger.propagate = False
     console_logger.addHandler(logging.FileHandler(os.path.join(root, "log.txt")))
     console_logger.setLevel(logging.INFO)

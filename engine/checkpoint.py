@@ -75,12 +75,7 @@ class Checkpointer:
 
     def latest_checkpoint(self) -> Optional[str]:
         """Path named by ``last_checkpoint``, or None when there is no (existing) checkpoint."""
-        pointer = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
-        if not os.path.exists(pointer):
-            return None
-        with open(pointer, encoding="utf-8") as f:
-            path = os.path.join(self.save_dir, f.read().strip())
-        return path if os.path.exists(path) else None
+        return latest_checkpoint(self.save_dir)
 
     def load(self, path: str) -> Dict[str, Any]:
         """Load ``path`` into the model and checkpointables; return the remaining entries."""
@@ -98,18 +93,67 @@ class Checkpointer:
         return data
 
 
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    """Path named by ``<save_dir>/last_checkpoint``, or None when there is no (existing) checkpoint."""
+    pointer = os.path.join(save_dir, LAST_CHECKPOINT_FILE)
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as f:
+        path = os.path.join(save_dir, f.read().strip())
+    return path if os.path.exists(path) else None
+
+
+def completed_run_notice(save_dir: str, max_iter: int) -> Optional[str]:
+    """For ``--resume``: a line saying the run in ``save_dir`` is already complete (its latest
+    checkpoint is at iteration ``max_iter - 1`` or later), or None when there is training left.
+
+    Resuming a finished run must change nothing: no phantom iteration past ``max_iter``, no
+    record moved aside, no second final evaluation. Only the trainer state is read, memory-mapped.
+    """
+    path = latest_checkpoint(save_dir)
+    if path is None:
+        return None
+    try:
+        iteration = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["trainer"]["iteration"])
+    except Exception:  # unreadable: the resume proper reports it with the file's name
+        return None
+    if iteration + 1 < max_iter:
+        return None
+    return (
+        f"the run in {save_dir} is complete: its checkpoint {os.path.basename(path)} is at iteration "
+        f"{iteration} and SOLVER.MAX_ITER is {max_iter}; nothing to resume, nothing changed "
+        "(to train further, resume with a larger SOLVER.MAX_ITER)"
+    )
+
+
 class PeriodicCheckpointer(HookBase):
     """Save ``<prefix>_<iter:07d>.pth`` every ``period`` iterations and ``<prefix>_final.pth`` at
-    the end, each with the trainer's state (iteration, hook states, storage state)."""
+    the end, each with the trainer's state (iteration, hook states, storage state); and, when
+    training was interrupted (Ctrl-C / SIGTERM, ``trainer.interrupted``), a checkpoint of the
+    last finished step, so that ``--resume`` loses nothing.
+
+    Register it after ``PeriodicWriter``: a checkpoint is taken after its step's metrics are
+    written. ``last_saved`` is the path of the latest checkpoint this hook wrote.
+    """
 
     def __init__(self, checkpointer: Checkpointer, period: int, file_prefix: str = "model"):
         self.checkpointer = checkpointer
         self.period = period
         self.file_prefix = file_prefix
+        self.last_saved: Optional[str] = None
+        self._last_saved_iter: Optional[int] = None
+
+    def _save(self, name: str) -> None:
+        self.last_saved = self.checkpointer.save(name, trainer=self.trainer.state_dict())
+        self._last_saved_iter = self.trainer.iter
 
     def after_step(self) -> None:
         iteration = self.trainer.iter
         if self.period > 0 and (iteration + 1) % self.period == 0:
-            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", trainer=self.trainer.state_dict())
+            self._save(f"{self.file_prefix}_{iteration:07d}")
         if iteration >= self.trainer.max_iter - 1:
-            self.checkpointer.save(f"{self.file_prefix}_final", trainer=self.trainer.state_dict())
+            self._save(f"{self.file_prefix}_final")
+
+    def after_train(self) -> None:
+        if getattr(self.trainer, "interrupted", None) is not None and self._last_saved_iter != self.trainer.iter:
+            self._save(f"{self.file_prefix}_{self.trainer.iter:07d}")

@@ -22,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from events.secret_redaction import REDACTED, redact_secrets
 
-from criterion.config import CriterionConfig
+from criterion.config import CriterionConfig, check_criterion_config
 
 __all__ = ["ConfigError", "get_cfg", "load_config", "dump_config", "BASE_KEY"]
 
@@ -48,19 +50,71 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
+# Value constraints, declared next to each key (``key(default, *checks)``) and checked once, on
+# the merged config, so a constraint between two keys never trips over a half-merged state.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """One rule a key's value must follow. ``holds(value, group)`` sees the key's value and its
+    group (the node holding it and its sibling keys); ``related`` names the sibling it consults."""
+
+    rule: str  # completes "SOLVER.MAX_ITER must ...", e.g. "be >= 1"
+    holds: Callable[[Any, Any], bool]
+    related: Optional[str] = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low: float) -> Check:
+    return Check(f"be a finite number >= {low}", lambda v, _: _is_number(v) and v >= low)
+
+
+def above(low: float) -> Check:
+    return Check(f"be a finite number > {low}", lambda v, _: _is_number(v) and v > low)
+
+
+def between(low: float, high: float) -> Check:
+    return Check(f"be in [{low}, {high}]", lambda v, _: _is_number(v) and low <= v <= high)
+
+
+def each_at_least(low: float) -> Check:
+    return Check(f"hold numbers >= {low}", lambda v, _: all(_is_number(x) and x >= low for x in v))
+
+
+def one_of(*allowed: str) -> Check:
+    return Check(f"be one of {', '.join(allowed)}", lambda v, _: v in allowed)
+
+
+def divides(sibling: str) -> Check:
+    return Check(f"divide {sibling}", lambda v, group: v > 0 and group[sibling] % v == 0, related=sibling)
+
+
+def not_below(sibling: str) -> Check:
+    return Check(f"be >= {sibling}", lambda v, group: v >= group[sibling], related=sibling)
+
+
+def key(default: Any, *checks: Check) -> Any:
+    """A dataclass field with ``default`` whose value must pass ``checks``."""
+    return field(default=default, metadata={"checks": checks})
+
+
+# --------------------------------------------------------------------------------------------
 # Schema: every key and its default.
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DetrConfig(CriterionConfig):
     """``MODEL.DETR``: the criterion's matching/loss keys (:class:`CriterionConfig`, which also
-    holds NUM_CLASSES, NUM_REL_CLASSES, DEC_LAYERS, DEEP_SUPERVISION) plus the demo model's
-    architecture keys, under DETR's names."""
+    holds NUM_CLASSES, NUM_REL_CLASSES, DEC_LAYERS, DEEP_SUPERVISION and checks them itself)
+    plus the demo model's architecture keys, under DETR's names."""
 
-    HIDDEN_DIM: int = 256
-    NHEADS: int = 8
-    DIM_FEEDFORWARD: int = 2048
-    DROPOUT: float = 0.1
-    NUM_RELATION_QUERIES: int = 100
+    HIDDEN_DIM: int = key(256, at_least(1))
+    # Attention heads split HIDDEN_DIM evenly (torch's MultiheadAttention requires it).
+    NHEADS: int = key(8, at_least(1), divides("HIDDEN_DIM"))
+    DIM_FEEDFORWARD: int = key(2048, at_least(1))
+    DROPOUT: float = key(0.1, between(0, 0.99))
+    NUM_RELATION_QUERIES: int = key(100, at_least(1))
 
 
 @dataclass
@@ -72,7 +126,7 @@ class ModelConfig:
 @dataclass
 class InputConfig:
     # The demo's scenes are square images of this many pixels a side.
-    IMAGE_SIZE: int = 64
+    IMAGE_SIZE: int = key(64, at_least(16))
 
 
 @dataclass
@@ -81,9 +135,9 @@ class MultiDatasetConfig:
 
     ENABLED: bool = False
     # Probability that one training sample is drawn from the synthetic dataset.
-    SYNTHETIC_RATIO: float = 0.3
-    REAL_LOSS_WEIGHT: float = 1.0
-    SYNTHETIC_LOSS_WEIGHT: float = 0.5
+    SYNTHETIC_RATIO: float = key(0.3, between(0, 1))
+    REAL_LOSS_WEIGHT: float = key(1.0, at_least(0))
+    SYNTHETIC_LOSS_WEIGHT: float = key(0.5, at_least(0))
     NORMALIZE_LOSS_WEIGHTS: bool = False
 
 
@@ -91,12 +145,12 @@ class MultiDatasetConfig:
 class SceneDomainConfig:
     """How one domain (real or synthetic) of the demo's rectangle scenes is drawn."""
 
-    NUM_SCENES: int = 2000
+    NUM_SCENES: int = key(2000, at_least(1))
     # Uniform per-pixel noise amplitude and per-object colour jitter, both in [0, 1] units.
-    NOISE: float = 0.0
-    COLOR_JITTER: float = 0.0
+    NOISE: float = key(0.0, between(0, 1))
+    COLOR_JITTER: float = key(0.0, between(0, 1))
     # Grey clutter shapes drawn under the objects; they are not objects.
-    NUM_DISTRACTORS: int = 0
+    NUM_DISTRACTORS: int = key(0, at_least(0))
 
 
 @dataclass
@@ -104,11 +158,15 @@ class DemoScenesConfig:
     """``DATASETS.DEMO``: the toy dataset of coloured rectangles and their spatial relations."""
 
     SEED: int = 0
-    MIN_OBJECTS: int = 2
-    MAX_OBJECTS: int = 4
+    MIN_OBJECTS: int = key(2, at_least(1))
+    MAX_OBJECTS: int = key(4, not_below("MIN_OBJECTS"))
     # Objects whose gap is at most this fraction of the image side are "near".
-    NEAR_DISTANCE: float = 0.15
-    NUM_VAL_SCENES: int = 200
+    NEAR_DISTANCE: float = key(0.15, between(0, 1))
+    NUM_VAL_SCENES: int = key(200, at_least(1))
+    # A straggler for the per-rank figures: this rank's loader sleeps SLOW_RANK_SECONDS before
+    # each batch (-1: no rank is slowed).
+    SLOW_RANK: int = key(-1, at_least(-1))
+    SLOW_RANK_SECONDS: float = key(0.05, at_least(0))
     REAL: SceneDomainConfig = field(default_factory=lambda: SceneDomainConfig(NOISE=0.02, COLOR_JITTER=0.03))
     SYNTHETIC: SceneDomainConfig = field(
         default_factory=lambda: SceneDomainConfig(NOISE=0.1, COLOR_JITTER=0.1, NUM_DISTRACTORS=3)
@@ -125,33 +183,35 @@ class DatasetsConfig:
 class SolverConfig:
     """``SOLVER``: detectron2's names and defaults."""
 
-    MAX_ITER: int = 40000
-    BASE_LR: float = 0.001
-    IMS_PER_BATCH: int = 16
-    CHECKPOINT_PERIOD: int = 5000
-    WEIGHT_DECAY: float = 0.0001
-    STEPS: List[int] = field(default_factory=lambda: [30000])
-    GAMMA: float = 0.1
-    WARMUP_ITERS: int = 1000
-    WARMUP_FACTOR: float = 0.001
+    MAX_ITER: int = key(40000, at_least(1))
+    BASE_LR: float = key(0.001, above(0))
+    # Images per step over all ranks (each rank gets IMS_PER_BATCH / world size).
+    IMS_PER_BATCH: int = key(16, at_least(1))
+    # 0 = no periodic checkpoint (the final one is still written).
+    CHECKPOINT_PERIOD: int = key(5000, at_least(0))
+    WEIGHT_DECAY: float = key(0.0001, at_least(0))
+    STEPS: List[int] = field(default_factory=lambda: [30000], metadata={"checks": (each_at_least(0),)})
+    GAMMA: float = key(0.1, above(0))
+    WARMUP_ITERS: int = key(1000, at_least(0))
+    WARMUP_FACTOR: float = key(0.001, between(0, 1))
     # Max total gradient norm; 0 turns clipping off.
-    CLIP_GRAD_NORM: float = 0.0
+    CLIP_GRAD_NORM: float = key(0.0, at_least(0))
 
 
 @dataclass
 class TestConfig:
     # 0 = no periodic evaluation (detectron2's convention).
-    EVAL_PERIOD: int = 0
+    EVAL_PERIOD: int = key(0, at_least(0))
 
 
 @dataclass
 class TelemetryConfig:
-    WRITE_PERIOD: int = 20
-    WINDOW_SIZE: int = 20
+    WRITE_PERIOD: int = key(20, at_least(1))
+    WINDOW_SIZE: int = key(20, at_least(1))
     DEFERRED_REDUCTION: bool = False
     STRICT_WRITERS: bool = False
     # 0 = off
-    HISTOGRAM_PERIOD: int = 0
+    HISTOGRAM_PERIOD: int = key(0, at_least(0))
     LOG_GRAD_NORM: bool = True
 
 
@@ -173,7 +233,7 @@ class WandbConfig:
     GROUP: str = ""
     TAGS: List[str] = field(default_factory=list)
     # "auto" = online if an API key is configured, else offline.
-    MODE: str = "auto"
+    MODE: str = key("auto", one_of("auto", "online", "offline", "disabled"))
     # "" = OUTPUT_DIR
     DIR: str = ""
     # "" = generated, persisted in OUTPUT_DIR for resume.
@@ -196,40 +256,39 @@ class Config:
     WANDB: WandbConfig = field(default_factory=WandbConfig)
 
 
-# Keys whose value must be one of a few strings.
-_CHOICES = {
-    "WANDB.MODE": ("auto", "online", "offline", "disabled"),
-}
-
-
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def get_cfg() -> DictConfig:
+def get_cfg(schema: type = Config) -> DictConfig:
     """A fresh, writable config holding every default."""
-    return OmegaConf.structured(Config)
+    return OmegaConf.structured(schema)
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), schema: type = Config) -> DictConfig:
     """Defaults <- ``_BASE_`` chain of ``path`` (base first) <- ``path`` <- ``overrides``.
 
     Args:
         path: YAML file.
         overrides: flat ``[KEY, VALUE, KEY, VALUE, ...]`` list (detectron2's ``opts``); each
             VALUE is parsed as YAML, so ``"50"`` is an int and ``"[a, b]"`` a list.
+        schema: the dataclass of every key and its default: :class:`Config`, or a subclass
+            that adds a script's own keys (as detectron2's ``add_*_config`` do).
 
     Returns:
-        The merged config, read-only.
+        The merged config, read-only, every value within its declared constraints.
 
     Raises:
         ConfigError: one line naming the key and the file (or the command-line override).
     """
-    cfg = get_cfg()
+    cfg = get_cfg(schema)
+    sources: Dict[str, str] = {}  # dotted key -> the file or override that set it last
     for file_path, data in _read_with_bases(Path(path)):
-        cfg = _merge(cfg, data, source=str(file_path))
-    for key, value in _parse_overrides(overrides):
-        source = f"command-line override '{key} {value}'"
-        cfg = _merge(cfg, _nest(key, _parse_yaml_value(value, source)), source=source)
+        cfg = _merge(cfg, data, source=str(file_path), sources=sources, schema=schema)
+    for key_name, value in _parse_overrides(overrides):
+        shown = value if len(value) <= 60 else f"{value[:57]}..."
+        source = f"command-line override '{key_name} {shown}'"
+        cfg = _merge(cfg, _nest(key_name, _parse_yaml_value(value, source)), source=source, sources=sources, schema=schema)
+    _check_values(cfg, sources, schema)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -271,20 +330,67 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> Iterator[tuple
     yield path, data
 
 
+# A config is a few levels deep; anything far deeper is a mistake or an attack on the parser.
+MAX_YAML_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and with a nesting limit.
+
+    Aliases (``*name``) let a few hundred bytes expand into gigabytes (the "billion laughs"
+    bomb); a config never needs them (``_BASE_`` shares settings between files). The depth
+    limit turns a deeply nested list into an error instead of a ``RecursionError``.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config; use {BASE_KEY}",
+                event.start_mark,
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml_problem(error: yaml.YAMLError) -> Tuple[str, str]:
+    """``(":<line>" or "", first line of the problem)`` of a PyYAML error."""
+    mark = getattr(error, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return line, getattr(error, "problem", None) or str(error).splitlines()[0]
+
+
 def _read_yaml(path: Path, included_from: Path | None) -> dict:
     where = f" (the {BASE_KEY} of {included_from})" if included_from else ""
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found{where}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file{where}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte 0x{raw[e.start]:02x} at offset {e.start}){where}; "
+            "a config must be YAML text"
+        ) from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: a binary file (it holds NUL bytes){where}; a config must be YAML text")
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+        line, problem = _yaml_problem(e)
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -307,10 +413,9 @@ def _parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
 
 def _parse_yaml_value(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{source}: value is not valid YAML: {problem}") from None
+        raise ConfigError(f"{source}: value is not valid YAML: {_yaml_problem(e)[1]}") from None
 
 
 def _nest(dotted_key: str, value: Any) -> dict:
@@ -324,18 +429,26 @@ def _nest(dotted_key: str, value: Any) -> dict:
 # --------------------------------------------------------------------------------------------
 # Merging with one-line errors
 # --------------------------------------------------------------------------------------------
-def _merge(cfg: DictConfig, data: dict, source: str) -> DictConfig:
-    """Merge ``data`` into ``cfg``; any problem becomes a one-line :class:`ConfigError`."""
-    _check_keys(Config, data, prefix="", source=source)
+def _merge(cfg: DictConfig, data: dict, source: str, sources: Dict[str, str], schema: type = Config) -> DictConfig:
+    """Merge ``data`` into ``cfg``; any problem becomes a one-line :class:`ConfigError`.
+    ``sources`` learns which keys ``source`` set, for the value checks at the end."""
+    _check_keys(schema, data, prefix="", source=source)
     try:
         merged = OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as e:
-        key = e.full_key or "?"
+        key_name = e.full_key or "?"
         message = (e.msg or str(e)).splitlines()[0]
-        raise ConfigError(f"{source}: bad value for {key}: {message}") from None
-    # Defaults are valid, so the first merge that breaks a choice is the one to blame.
-    _check_choices(merged, source)
+        raise ConfigError(f"{source}: bad value for {key_name}: {message}") from None
+    sources.update(dict.fromkeys(_leaf_keys(data), source))
     return merged
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> Iterator[str]:
+    for name, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaf_keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
 
 
 def _check_keys(schema: type, data: Any, prefix: str, source: str) -> None:
@@ -372,10 +485,40 @@ def _check_keys(schema: type, data: Any, prefix: str, source: str) -> None:
             )
 
 
-def _check_choices(cfg: DictConfig, source: str) -> None:
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}")
+def declared_checks(schema: type = Config, prefix: str = "") -> Iterator[Tuple[str, Tuple[Check, ...]]]:
+    """``(dotted key, checks)`` for every key of ``schema`` (default: the whole config) that
+    declares constraints."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        expected = hints[f.name]
+        if dataclasses.is_dataclass(expected):
+            yield from declared_checks(expected, f"{prefix}{f.name}.")
+        elif f.metadata.get("checks"):
+            yield f"{prefix}{f.name}", f.metadata["checks"]
 
 
+def _check_values(cfg: DictConfig, sources: Dict[str, str], schema: type = Config) -> None:
+    """Every declared constraint on the merged ``cfg``; the error names who set the value."""
+    for dotted, checks in declared_checks(schema):
+        group_key, _, name = dotted.rpartition(".")
+        group = OmegaConf.select(cfg, group_key) if group_key else cfg
+        value = group[name]
+        for check in checks:
+            if check.holds(value, group):
+                continue
+            where = sources.get(dotted) or "the defaults"
+            detail = ""
+            if check.related:
+                related = f"{group_key}.{check.related}" if group_key else check.related
+                where = sources.get(dotted) or sources.get(related) or where
+                related_source = sources.get(related)
+                detail = f" ({related} is {group[check.related]!r}" + (
+                    f", set in {related_source})" if related_source and related_source != where else ")"
+                )
+            raise ConfigError(f"{where}: {dotted} must {check.rule}, got {value!r}{detail}")
+    try:
+        check_criterion_config(cfg.MODEL.DETR)
+    except ValueError as e:
+        named = re.search(r"MODEL\.DETR\.\w+", str(e))
+        where = sources.get(named.group(0)) if named else None
+        raise ConfigError(f"{where or 'config'}: {e}") from None

@@ -7,22 +7,78 @@ import datetime
 import logging
 import os
 import random
+import shlex
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from engine import comm
 from engine.logger import setup_logger
+from events.secret_redaction import redact_argv
 
 logger = logging.getLogger(__name__)
 
 
-def default_argument_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    """``--config-file``, ``--resume``, ``--output-dir`` and trailing ``KEY VALUE`` overrides."""
-    parser = argparse.ArgumentParser(
+class _OptionsAnywhereParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose options may also follow the trailing ``KEY VALUE`` overrides:
+    ``... SOLVER.MAX_ITER 50 --resume`` means ``... --resume SOLVER.MAX_ITER 50`` (plain argparse
+    would take ``--resume`` for a config key). A ``--option`` it does not know, where a KEY
+    belongs, is a usage error naming the options."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        start = self._overrides_start(args)
+        options, overrides = self._split_options(args[start:])
+        parsed, extras = super().parse_known_args(args[:start] + options + overrides, namespace)
+        for key in overrides[0::2]:
+            if key.startswith("--"):
+                known = ", ".join(a.option_strings[-1] for a in self._actions if a.option_strings)
+                self.error(f"unrecognized option {key} (the options are {known})")
+        return parsed, extras
+
+    def _action(self, token: str) -> Optional[argparse.Action]:
+        return self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+
+    def _takes_value(self, token: str) -> bool:
+        action = self._action(token)
+        return action is not None and action.nargs != 0 and "=" not in token
+
+    def _overrides_start(self, args: List[str]) -> int:
+        """Index of the first ``KEY`` in ``args``: the first token that is neither an option
+        nor an option's value (where ``argparse.REMAINDER`` starts)."""
+        i = 0
+        while i < len(args) and args[i].startswith("-"):
+            i += 1 + self._takes_value(args[i])
+        return i
+
+    def _split_options(self, opts: List[str]) -> Tuple[List[str], List[str]]:
+        """``(this parser's options with their values, the KEY VALUE overrides)`` of ``opts``."""
+        options: List[str] = []
+        overrides: List[str] = []
+        i = 0
+        while i < len(opts):
+            # Only where a KEY belongs: a VALUE may be anything, even "--resume".
+            if len(overrides) % 2 or not opts[i].startswith("--") or self._action(opts[i]) is None:
+                overrides.append(opts[i])
+                i += 1
+                continue
+            end = i + 1 + self._takes_value(opts[i])
+            options += opts[i:end]
+            i = end
+        return options, overrides
+
+
+def default_argument_parser(
+    description: Optional[str] = None, default_config: Optional[str] = None
+) -> argparse.ArgumentParser:
+    """``--config-file``, ``--resume``, ``--output-dir`` and ``KEY VALUE`` overrides; the options
+    may also come after the overrides. ``--config-file`` is required unless ``default_config``
+    names the file to use without it."""
+    parser = _OptionsAnywhereParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n"
@@ -31,7 +87,13 @@ def default_argument_parser(description: Optional[str] = None) -> argparse.Argum
         "  python tools/train_net.py --config-file configs/demo.yaml SOLVER.MAX_ITER 50 OUTPUT_DIR outputs/short\n"
         "  torchrun --nproc_per_node 2 tools/train_net.py --config-file configs/demo.yaml",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a YAML config")
+    parser.add_argument(
+        "--config-file",
+        required=default_config is None,
+        default=default_config,
+        metavar="FILE",
+        help="path to a YAML config" + (f" (default: {default_config})" if default_config else ""),
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in the output directory"
     )
@@ -59,6 +121,36 @@ def output_dir_override(args: argparse.Namespace) -> List[str]:
     return ["OUTPUT_DIR", os.path.join("outputs", f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}")]
 
 
+def command_line(cfg=None) -> str:
+    """This process's command line, shell-quoted, for log.txt and run records: an argument that
+    holds a secret (by the rules that redact config.yaml, including any value ``cfg``'s
+    redaction hides) reads ``<redacted>``."""
+    config = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None
+    return shlex.join(redact_argv(sys.argv, config))
+
+
+def resume_command(cfg, world_size: int = 1) -> str:
+    """The command that continues this run: this process's command line (secrets redacted as
+    in ``command_line``) with ``--resume``, and ``--output-dir`` pinned to the run's directory
+    (``--output-dir auto`` would start a fresh one)."""
+    argv = shlex.split(command_line(cfg))
+    args: List[str] = []
+    skip_next = False
+    for arg in argv[1:]:
+        if skip_next:
+            args.append(cfg.OUTPUT_DIR)
+            skip_next = False
+        elif arg.startswith("--output-dir="):
+            args.append(f"--output-dir={cfg.OUTPUT_DIR}")
+        else:
+            skip_next = arg == "--output-dir"
+            args.append(arg)
+    if "--resume" not in args:
+        args.insert(0, "--resume")
+    launcher = ["torchrun", f"--nproc_per_node={world_size}"] if world_size > 1 else ["python"]
+    return shlex.join([*launcher, argv[0], *args])
+
+
 def init_distributed_from_env() -> None:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
@@ -71,6 +163,16 @@ def init_distributed_from_env() -> None:
     if backend == "nccl":
         torch.cuda.set_device(comm.get_local_rank())
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+
+
+def one_cpu_thread_for_tiny_models(device: torch.device) -> None:
+    """One intra-op thread per process on CPU, unless ``OMP_NUM_THREADS`` says otherwise.
+
+    The demos' tensors are tiny: one thread is ~10x faster than two on a busy 2-core machine
+    (threads spin-wait for each other).
+    """
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
 
 RUN_MARKERS = ("metrics.json", "last_checkpoint", "log.txt", "train_history.json", "wandb_run.json")
@@ -112,11 +214,12 @@ def seed_all(seed: int) -> int:
     return seed
 
 
-def default_setup(output_dir: str, seed: int, resume: bool = False) -> logging.Logger:
-    """Create ``output_dir``, archive an earlier run there unless resuming, log to
-    ``<output_dir>/log.txt`` (rank 0) and seed everything.
+def prepare_output_dir(output_dir: str, resume: bool = False) -> logging.Logger:
+    """Create ``output_dir``, archive an earlier run there unless resuming, and log to the
+    console and ``<output_dir>/log.txt`` (rank 0; other ranks to ``log.txt.rank<r>``).
 
-    Fails with one line naming the directory when it cannot be created or written.
+    Returns the root logger. Fails with one line naming the directory when it cannot be
+    created or written.
     """
     rank = comm.get_rank()
     archived = None
@@ -130,7 +233,18 @@ def default_setup(output_dir: str, seed: int, resume: bool = False) -> logging.L
         raise SystemExit(f"error: cannot write to output directory {output_dir!r}: {e.strerror or e}") from None
     if archived:
         root.info("Fresh start: the earlier run in %s was moved to %s (use --resume to continue a run)", output_dir, archived)
-    root.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
+    return root
+
+
+def default_setup(output_dir: str, seed: int, resume: bool = False, command: Optional[str] = None) -> logging.Logger:
+    """Create ``output_dir``, archive an earlier run there unless resuming, log to
+    ``<output_dir>/log.txt`` (rank 0) and seed everything. ``command``: the command line to log
+    (default ``command_line()``; pass ``command_line(cfg)`` to redact what the config hides).
+
+    Fails with one line naming the directory when it cannot be created or written.
+    """
+    root = prepare_output_dir(output_dir, resume)
+    root.info("Rank %d of %d; command line: %s", comm.get_rank(), comm.get_world_size(), command or command_line())
     root.info("Python %s, torch %s", sys.version.split()[0], torch.__version__)
     root.info("Using seed %d", seed_all(seed))
     return root

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from events.writer_guard import GuardedWriter
 from events.writers import EventWriter
 
 logger = logging.getLogger(__name__)
@@ -112,17 +113,28 @@ class IterationTimer(HookBase):
         self.trainer.storage.put_scalars(time=elapsed)
 
 
+def guard_writers(writers: Sequence[EventWriter], strict: bool = False) -> List[GuardedWriter]:
+    """Each writer wrapped in a ``GuardedWriter`` (those already guarded, e.g. by
+    ``build_writers``, keep their own ``strict``), so one failing writer never stops training."""
+    return [w if isinstance(w, GuardedWriter) else GuardedWriter(w, strict=strict) for w in writers]
+
+
 class PeriodicWriter(HookBase):
     """Call every writer's ``write()`` every ``period`` iterations and after the last one, then
     ``close()`` them when training ends (also on an exception, so what was logged is on disk).
 
+    Every writer is isolated, whoever built the list: the first exception from one writer is
+    reported once (its name, the iteration, the cause), that writer is disabled and the others go
+    on. ``strict=True`` raises instead (writers that are already ``GuardedWriter``s keep their
+    own setting, e.g. ``TELEMETRY.STRICT_WRITERS`` through ``build_writers``).
+
     Register it last, so that it sees what the other hooks (timer, lr, evaluation) put.
     """
 
-    def __init__(self, writers: Sequence[EventWriter], period: int = 20):
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20, *, strict: bool = False):
         if period < 1:
             raise ValueError(f"PeriodicWriter period must be >= 1, got {period}")
-        self._writers: List[EventWriter] = list(writers)
+        self._writers: List[GuardedWriter] = guard_writers(writers, strict=strict)
         self._period = period
 
     def after_step(self) -> None:

@@ -1,6 +1,8 @@
 """Logging set-up that writes detectron2's log.txt format, so existing log parsers read ours.
 
-File lines: ``[11/23 18:30:12] events.writers INFO:  eta: 0:00:41  iter: 39  ...``
+File lines: ``[11/23 18:30:12] d2.utils.events INFO:  eta: 0:00:41  iter: 39  ...``: the metric
+lines are logged under ``detectron2.utils.events`` and, as in detectron2's ``setup_logger``, the
+root name ``detectron2`` is written as ``d2``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,22 @@ from typing import Optional
 
 FILE_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 DATE_FORMAT = "%m/%d %H:%M:%S"
+ABBREVIATIONS = {"detectron2": "d2"}
+
+
+class AbbreviatingFormatter(logging.Formatter):
+    """Writes ``detectron2.utils.events`` as ``d2.utils.events``, the name detectron2's log.txt
+    files carry (and existing parsers look for). Other handlers still see the full name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        full_name = record.name
+        root, dot, rest = full_name.partition(".")
+        if root in ABBREVIATIONS:
+            record.name = ABBREVIATIONS[root] + dot + rest
+        try:
+            return super().format(record)
+        finally:
+            record.name = full_name
 
 
 def setup_logger(
@@ -25,7 +43,7 @@ def setup_logger(
     """
     logger = logging.getLogger(name)
     logger.setLevel(level)
-    formatter = logging.Formatter(FILE_FORMAT, datefmt=DATE_FORMAT)
+    formatter = AbbreviatingFormatter(FILE_FORMAT, datefmt=DATE_FORMAT)
     existing = {getattr(h, "baseFilename", None) or getattr(h, "_telemetry_console", None) for h in logger.handlers}
 
     if distributed_rank == 0 and "console" not in existing:

@@ -12,6 +12,10 @@ that is identical on every rank:
   exact mean over all samples; a count of 0 means "no value here"; counts are not logged;
 * ``data_time`` is the maximum over ranks (the slowest loader sets the pace) and
   ``rank_data_time`` is this rank's own, as detectron2 logs them;
+* with ``per_rank=True`` (the training reducers of ``MetricsWriter`` and ``write_metrics``) and
+  several ranks: each rank's data time, step time and peak memory, their max / median / argmax,
+  and ``slowest_rank`` when one rank is consistently the slowest (``engine/rank_stats.py``),
+  carried as three more columns of the same collective;
 * ``total_loss`` sums the loss terms (:func:`is_loss_term`); with a ``weight_dict`` it sums the
   keys of the weight dict, and ``total_loss_weighted`` is what backward saw,
   ``sum(weight_dict[k] * v)``;
@@ -20,15 +24,19 @@ that is identical on every rank:
   gathered numbers.
 
 How: all ranks keep an identical *registry* of key names (same order). Each step packs
-``[values over the registry, count per key, data_time, "has unregistered keys", "invalid"]``
+``[value per key | weight per key | _HOST_COLUMNS]`` (a weight is the key's count, or 1/0 for
+present/absent; then "has unregistered keys", "invalid", data_time and the per-rank numbers)
 into one float64 row and exchanges it with one ``all_gather``; each rank then reduces the
-``[world, length]`` matrix locally. When some rank flags keys the registry lacks (the first
+``[world, steps, length]`` array locally. Means are taken as ``sum_r (w_r / sum w) v_r`` with the
+weights scaled first, so finite values cannot overflow; a total that does overflow raises
+:class:`NonFiniteLossError` like a NaN. CPU values are read once each (``Tensor.item``: cheaper
+than ``torch.stack`` there); values on a device are stacked there and cross to the host once. When some rank flags keys the registry lacks (the first
 step, the first synthetic batch), every rank sees the flag, the new names are exchanged once
 with ``all_gather_object``, the registry grows in the same order everywhere and the step is
 packed again. That costs two extra collectives, once per new key set.
 
 Deferred mode (:meth:`LossDictReducer.add` / :meth:`LossDictReducer.flush`, or
-``MetricsWriter(deferred=True)``) keeps each step's packed row on the loss dict's device and
+``MetricsWriter(deferred=True)``) keeps each step's packed values (on the loss dict's device) and
 reduces the whole period with one host transfer and one collective at the flush: no host sync
 and no communication per step. The trade-off: a NaN is noticed at the flush, up to one period
 late. The error then names the first bad iteration, and the steps before it are still written.
@@ -49,6 +57,7 @@ import torch.distributed as dist
 
 from criterion.weight_dict import weighted_total
 from engine import comm
+from engine.rank_stats import RANK_FIELDS, RankStats
 from events.storage import get_event_storage
 
 __all__ = [
@@ -70,13 +79,16 @@ DATA_TIME = "data_time"
 RANK_DATA_TIME = "rank_data_time"
 
 # The per-rank host values closing every exchanged row, after the device values: two flags,
-# then per-rank figures. The one all_gather hands every rank every rank's copy, so another
-# per-rank figure (step time, peak memory) is one more name at the end here, its value in the
-# tuple _exchange writes for each _PendingStep, and a read of that column of ``host``
-# (``[world, steps, len(_HOST_COLUMNS)]``) in LossDictReducer._reduce.
-_HOST_COLUMNS = ("has_unregistered", "invalid", "data_time")
-_HAS_UNREGISTERED, _INVALID, _DATA_TIME = range(len(_HOST_COLUMNS))
+# then this rank's figures. The one all_gather hands every rank every rank's copy, so another
+# per-rank figure is one more name at the end here, its value in the tuple _exchange writes for
+# each _PendingStep, and a read of that column of ``host`` (``[world, steps,
+# len(_HOST_COLUMNS)]``) in LossDictReducer._reduce. The rank_* columns are engine/rank_stats.py's
+# numbers (zeros when the reducer does not log them).
+_HOST_COLUMNS = ("has_unregistered", "invalid", "data_time") + tuple("rank_" + field for field in RANK_FIELDS)
+_HAS_UNREGISTERED, _INVALID, _DATA_TIME = range(3)
+_RANK_COLUMNS = slice(3, 3 + len(RANK_FIELDS))
 _NUM_EXTRA_COLUMNS = len(_HOST_COLUMNS)
+_NO_RANK_VALUES = (0.0,) * len(RANK_FIELDS)
 
 Reduced = Dict[str, float]
 # One reduced step as the storage takes it: (iteration, names, values aligned with the names).
@@ -206,6 +218,7 @@ class _PendingStep:
     registry_size: int
     unregistered: Optional[Dict[str, torch.Tensor]]  # entries the registry lacked, or None
     invalid: Optional[str]  # why this rank's dict cannot be reduced, or None
+    rank_values: Optional[np.ndarray]  # [len(RANK_FIELDS)] this rank's timing and memory, or None
 
 
 @dataclasses.dataclass
@@ -256,9 +269,13 @@ class LossDictReducer:
         self,
         weight_dict: Optional[Mapping[str, float]] = None,
         group: Optional[dist.ProcessGroup] = None,
+        per_rank: bool = False,
     ) -> None:
         self.weight_dict = weight_dict
         self._group = group
+        # per_rank: also return each rank's data/step time and memory (engine/rank_stats.py),
+        # carried by the same collective. For training steps, not for validation.
+        self._rank_stats = RankStats() if per_rank else None
         # The registry: identical, in the same order, on every rank.
         self._names: List[str] = []
         self._counted: List[bool] = []
@@ -400,8 +417,18 @@ class LossDictReducer:
             unregistered, invalid = _normalized({key: source[key] for key in check.unregistered})
         if invalid is not None:
             empty = np.zeros(0, dtype=np.intp)
-            return _PendingStep(iteration, data_time, np.zeros(0), empty, layout.template(()), size, None, invalid)
-        return _PendingStep(iteration, data_time, entries, columns, check.template, size, unregistered, None)
+            return _PendingStep(
+                iteration, data_time, np.zeros(0), empty, layout.template(()), size, None, invalid, self._sample(data_time, None)
+            )
+        rank_values = self._sample(data_time, entries.device if isinstance(entries, torch.Tensor) else None)
+        return _PendingStep(iteration, data_time, entries, columns, check.template, size, unregistered, None, rank_values)
+
+    def _sample(self, data_time: float, device: Optional[torch.device]) -> Optional[np.ndarray]:
+        """This rank's timing and memory for the step packed now (engine/rank_stats.py), or None
+        when they are not logged (no other rank to compare with: not sampled at all)."""
+        if self._rank_stats is None or not comm.is_distributed():
+            return None
+        return self._rank_stats.sample(data_time, device)
 
     def _pack_entries(
         self, source: Mapping[str, Any], layout: _Layout, check: _KeySetCheck
@@ -483,8 +510,11 @@ class LossDictReducer:
             for row, step, step_entries in zip(rows, steps, entries):
                 row[:] = step.template
                 row[step.columns] = step_entries
-        matrix[:, 2 * size :] = [  # _HOST_COLUMNS
+        matrix[:, 2 * size : 2 * size + 3] = [  # _HOST_COLUMNS
             (step.unregistered is not None, step.invalid is not None, step.data_time) for step in steps
+        ]
+        matrix[:, 2 * size + _RANK_COLUMNS.start :] = [
+            _NO_RANK_VALUES if step.rank_values is None else step.rank_values for step in steps
         ]
         if size != len(self._names):
             matrix = self._widened(steps, matrix)
@@ -494,6 +524,8 @@ class LossDictReducer:
         packed = torch.from_numpy(matrix).to(comm.collective_device(self._group))
         parts = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(parts, packed, group=self._group)
+        if self._rank_stats is not None:
+            self._rank_stats.exchanged()
         return torch.stack(parts).cpu().numpy()
 
     @staticmethod
@@ -564,6 +596,9 @@ class LossDictReducer:
         values = gathered[:, :, :size]  # [world, steps, keys]
         weights = gathered[:, :, size : 2 * size]
         host = gathered[:, :, 2 * size :]  # [world, steps, _HOST_COLUMNS]
+        per_rank = None  # per step, every rank's timing and memory as scalars (several ranks)
+        if self._rank_stats is not None and len(gathered) > 1:
+            per_rank = self._rank_stats.decode(host[:, :, _RANK_COLUMNS])
         last = len(steps)
         bad = None
         # One sum tells whether everything is finite (a huge finite sum that overflows only
@@ -609,6 +644,8 @@ class LossDictReducer:
                 overflowed = {name: [] for name, value in zip(names, row[:-2].tolist()) if not math.isfinite(value)}
                 if overflowed:
                     raise NonFiniteLossError(steps[index].iteration, overflowed, list(map(_as_dict, results)))
+            if per_rank is not None and per_rank[index]:
+                names, row = self._with_rank_scalars(names, row, per_rank[index])
             results.append((steps[index].iteration, names, row))
         if last < len(steps):
             self._raise_for_step(
@@ -634,6 +671,17 @@ class LossDictReducer:
             cache.weight_dict is None if weight_dict is None else cache.weight_dict == weight_dict
         ):
             return cache
+    def _with_rank_scalars(
+        self, names: Tuple[str, ...], row: np.ndarray, rank_scalars: Dict[str, float]
+    ) -> Tuple[Tuple[str, ...], np.ndarray]:
+        """``names`` / ``row`` followed by the per-rank scalars (engine/rank_stats.py), with the
+        same names tuple object whenever the same keys come back."""
+        key = (names, tuple(rank_scalars))
+        combined = self._output_names.get(key)
+        if combined is None:
+            combined = self._output_names[key] = names + key[1]
+        return combined, np.concatenate((row, list(rank_scalars.values())))
+
         if weight_dict is None:
             in_total = [name.startswith("loss") and not counted for name, counted in zip(self._names, self._counted)]
             columns, names = [in_total], (TOTAL_LOSS,)
@@ -777,7 +825,7 @@ class MetricsWriter:
     ) -> None:
         if period < 1:
             raise ValueError(f"MetricsWriter period must be >= 1, got {period}")
-        self.reducer = LossDictReducer(weight_dict, group)
+        self.reducer = LossDictReducer(weight_dict, group, per_rank=True)
         self.deferred = deferred
         self.period = period
         self.prefix = prefix
@@ -818,7 +866,7 @@ def _reducer_for_world() -> LossDictReducer:
     global _shared_reducer
     world = dist.group.WORLD if comm.is_distributed() else None
     if _shared_reducer is None or _shared_reducer[0] is not world:
-        _shared_reducer = (world, LossDictReducer())
+        _shared_reducer = (world, LossDictReducer(per_rank=True))
     return _shared_reducer[1]
 
 

@@ -10,7 +10,6 @@ import datetime
 import json
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
 from events.durable_files import write_lines_durably
@@ -23,7 +22,15 @@ HISTORY_FILE = "train_history.json"
 class RunHistory:
     """The ``train_history.json`` of one run directory, with this session appended."""
 
-    def __init__(self, output_dir: str, config_file: str, start_iter: int, resumed: bool):
+    def __init__(
+        self, output_dir: str, config_file: str, start_iter: int, resumed: bool, command: Optional[str] = None
+    ):
+        """``command``: the command line to record; default ``engine.defaults.command_line()``
+        (pass ``command_line(cfg)`` so that what the config hides is hidden here too)."""
+        if command is None:
+            from engine.defaults import command_line  # here: tools/list_runs.py needs no torch
+
+            command = command_line()
         self.path = os.path.join(output_dir, HISTORY_FILE)
         self.sessions: List[Dict[str, Any]] = []
         if os.path.exists(self.path):
@@ -35,7 +42,7 @@ class RunHistory:
                 os.replace(self.path, self.path + ".unreadable")
         self.session: Dict[str, Any] = {
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
+            "command": command,
             "config_file": config_file,
             "resumed": resumed,
             "start_iter": start_iter,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 import torch
 
 from engine import metrics
+from engine.graceful_stop import GracefulStop, TrainingInterrupted
 from engine.hooks import HookBase
 from events.storage import EventStorage
 
@@ -25,8 +26,10 @@ class TrainerBase:
     """Runs ``run_step`` from ``start_iter`` to ``max_iter`` and calls the hooks around it.
 
     Attributes: ``iter`` (current iteration), ``start_iter``, ``max_iter``, ``storage`` (the
-    ``EventStorage`` opened for the run). ``state_dict`` holds the iteration, hook states and the
-    storage state, so a resumed run keeps its smoothing windows, global averages and ETA.
+    ``EventStorage`` opened for the run), ``interrupted`` (the ``TrainingInterrupted`` that
+    stopped the run early, for ``after_train`` hooks; else None). ``state_dict`` holds the
+    iteration, hook states and the storage state, so a resumed run keeps its smoothing windows,
+    global averages and ETA.
     """
 
     def __init__(self) -> None:
@@ -35,6 +38,7 @@ class TrainerBase:
         self.start_iter: int = 0
         self.max_iter: int = 0
         self.storage: Optional[EventStorage] = None
+        self.interrupted: Optional[TrainingInterrupted] = None
         self._pending_storage_state: Optional[Dict[str, Any]] = None
 
     def register_hooks(self, hooks: Iterable[Optional[HookBase]]) -> None:
@@ -45,10 +49,17 @@ class TrainerBase:
             hook.trainer = weakref.proxy(self)
         self._hooks.extend(hooks)
 
-    def train(self, start_iter: int, max_iter: int) -> None:
+    def train(self, start_iter: int, max_iter: int, stop: Optional[GracefulStop] = None) -> None:
+        """Run iterations ``start_iter .. max_iter - 1``.
+
+        ``stop``: after each step, when ``stop.should_stop()`` (Ctrl-C / SIGTERM), training ends
+        there: ``after_train`` hooks run with ``self.interrupted`` set (writers flush, the
+        checkpointer saves that step), then ``TrainingInterrupted`` is raised.
+        """
         logger.info("Starting training from iteration %d", start_iter)
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
+        self.interrupted = None
         with EventStorage(start_iter) as self.storage:
             if self._pending_storage_state is not None:
                 self.storage.load_state_dict(self._pending_storage_state)
@@ -60,6 +71,9 @@ class TrainerBase:
                     self.before_step()
                     self.run_step()
                     self.after_step()
+                    if stop is not None and stop.should_stop():
+                        self.interrupted = stop.interrupted(self.iter)
+                        raise self.interrupted
                 # The loop variable stops at max_iter - 1; after_train sees max_iter on success.
                 self.iter += 1
             finally:
@@ -175,6 +189,8 @@ class SimpleTrainer(TrainerBase):
         losses.backward()
         self.after_backward()
         self.metrics_writer.write(loss_dict, data_time, cur_iter=self.iter)
+        if self.iter == self.max_iter - 1:
+            self.metrics_writer.flush()  # deferred steps must be in the storage for the last write
         self.optimizer.step()
 
     def after_train(self) -> None:

@@ -8,7 +8,7 @@ only (their logger decides what is shown); files and the W&B run belong to the m
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,16 +20,13 @@ from events.writers import CommonMetricPrinter, EventWriter, JSONWriter
 METRICS_FILE = "metrics.json"
 
 
-def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
-    return redact_secrets(OmegaConf.to_container(cfg, resolve=True))[0]
-
-
 def build_writers(
     cfg: DictConfig,
     output_dir: Optional[str] = None,
     max_iter: Optional[int] = None,
     *,
     resume_iter: Optional[int] = None,
+    run_config: Optional[Mapping[str, Any]] = None,
 ) -> List[EventWriter]:
     """Console, JSON, W&B and TensorBoard writers as ``cfg`` configures them.
 
@@ -40,6 +37,8 @@ def build_writers(
         resume_iter: the iteration training resumes at after a restart, or None for a fresh
             run: metrics.json moves the crashed run's records >= it aside, TensorBoard purges
             its steps >= it, and W&B reopens the same run.
+        run_config: what TensorBoard (hparams + text) and W&B record as the run's config
+            (nested dict, e.g. ``vars(args)`` of a script); default: ``cfg``.
 
     Returns:
         ``GuardedWriter``s (each disables itself on failure unless
@@ -54,7 +53,8 @@ def build_writers(
 
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
-        config = _config_dict(cfg)
+        # WandbWriter redacts it itself.
+        config = OmegaConf.to_container(cfg, resolve=True) if run_config is None else dict(run_config)
         tb_enabled = cfg.TENSORBOARD.ENABLED
         candidates.append(
             (
@@ -65,7 +65,10 @@ def build_writers(
         if cfg.WANDB.ENABLED:
             candidates.append(("WandbWriter", lambda: _wandb_writer(cfg, output_dir, config, resume_iter, tb_enabled)))
         if tb_enabled:
-            candidates.append(("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, config, resume_iter)))
+            tb_config = redact_secrets(config)[0]
+            candidates.append(
+                ("TensorboardXWriter", lambda: _tensorboard_writer(cfg, output_dir, tb_config, resume_iter))
+            )
 
     writers = [build_guarded(name, factory, strict=strict) for name, factory in candidates]
     return [w for w in writers if w is not None]

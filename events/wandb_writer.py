@@ -22,11 +22,14 @@
   replays (rows from before the checkpoint it cannot re-log; a warning names them). Online,
   it continues after the state file's iteration (or the server summary's, if higher): rows
   wandb-core had not yet sent when the process was killed are lost from the run.
-* The API key is never read, logged or put in the config: wandb finds it itself, and
-  ``events.secret_redaction.redact_secrets`` blanks secret-looking config entries before they are sent.
+* The API key is never read, logged or put in the config: wandb finds it itself. Secrets a user
+  put elsewhere (a token pasted as ``WANDB.GROUP``) are redacted by ``events.secret_redaction``
+  everywhere W&B would show them: the config, the run name, group and tags, and the command
+  line that wandb records as the run's ``args`` metadata.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -35,13 +38,14 @@ import netrc
 import os
 import secrets
 import string
+import sys
 from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from events.storage import get_event_storage
 from events.wandb_records import last_logged_iteration
-from events.secret_redaction import redact_secrets
+from events.secret_redaction import redact_argv, redact_secrets, secret_values
 from events.writer_guard import import_optional
 from events.writers import EventWriter
 
@@ -121,6 +125,19 @@ def wandb_histogram(params: Mapping[str, Any], max_bins: int = 512):
     return wandb.Histogram(np_histogram=(counts, edges))
 
 
+@contextlib.contextmanager
+def _argv_redacted_for_wandb(config: Mapping[str, Any]):
+    """``sys.argv`` with secrets redacted while ``wandb.init`` runs: wandb records
+    ``sys.argv[1:]`` as the run's ``args`` metadata (uploaded online) and has no setting to
+    replace it, only ``x_disable_meta``, which would drop the whole environment record."""
+    original = sys.argv
+    sys.argv = redact_argv(original, config)
+    try:
+        yield
+    finally:
+        sys.argv = original
+
+
 class WandbWriter(EventWriter):
     """Log the latest (window-smoothed) scalars and new histograms of the storage to W&B.
 
@@ -173,21 +190,26 @@ class WandbWriter(EventWriter):
         run_id = run_id or state.get("run_id") or _new_run_id()
         same_run = state.get("run_id") == run_id and "last_iteration" in state
         sent = int(state["last_iteration"]) if same_run else None
-        self._run = wandb.init(
-            project=project or None,
-            entity=entity or None,
-            name=name or None,
-            group=group or None,
-            tags=list(tags) or None,
-            dir=run_dir,
-            config=redact_secrets(config or {})[0],
-            id=run_id,
-            # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
-            resume="allow",
-            mode=self._mode,
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
-        )
+        config = config or {}
+        hidden = secret_values(config)
+        identity = redact_secrets({"name": name, "group": group, "tags": list(tags)}, also_hide=hidden)[0]
+        with _argv_redacted_for_wandb(config):
+            self._run = wandb.init(
+                project=project or None,
+                entity=entity or None,
+                name=identity["name"] or None,
+                group=identity["group"] or None,
+                tags=identity["tags"] or None,
+                dir=run_dir,
+                config=redact_secrets(config)[0],
+                id=run_id,
+                # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
+                resume="allow",
+                mode=self._mode,
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
+            )
         self._last_write = -1
+        self._abandoned = False
         if resume:
             self._last_write = self._held_iteration(sent, resume_iter)
             if self._last_write >= 0:
@@ -267,6 +289,13 @@ class WandbWriter(EventWriter):
             _write_state(self._state_file, {"run_id": self._run.id, "last_iteration": self._last_write})
 
     def write(self) -> None:
+        try:
+            self._write()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _write(self) -> None:
         storage = get_event_storage()
         rows: Dict[int, Dict[str, Any]] = defaultdict(dict)
         for key, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -287,4 +316,23 @@ class WandbWriter(EventWriter):
             self._save_state()
 
     def close(self) -> None:
-        self._run.finish()
+        if self._abandoned:
+            return
+        try:
+            self._run.finish()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """After a failure (typically: the wandb-core process died), shut wandb down in this
+        process. Otherwise wandb's hooks keep talking to the dead process: its import hook
+        turns a later ``import`` (orjson, when the loss graph is drawn) into a
+        ``ConnectionResetError``, and its exit hook prints a traceback at interpreter exit."""
+        self._abandoned = True
+        import wandb
+
+        try:
+            wandb.teardown()
+        except Exception as error:  # the dead connection, again: the hooks are gone already
+            logger.debug("wandb.teardown() after a W&B failure: %s", error)

@@ -17,7 +17,10 @@ from typing import Dict, List, Optional, Tuple
 from events.durable_files import write_lines_durably
 from events.storage import get_event_storage
 
-METRICS_LOGGER_NAME = "events.writers"
+# detectron2's logger name: handlers a detectron2 project set up on the ``detectron2`` logger (its
+# ``setup_logger()``) receive our metric lines, and log.txt reads ``d2.utils.events INFO:`` once a
+# formatter abbreviates the name as detectron2's does (see ``engine.logger``).
+METRICS_LOGGER_NAME = "detectron2.utils.events"
 
 
 class EventWriter:
@@ -184,6 +187,10 @@ last_time: 0.0498  data_time: 0.0012  last_data_time: 0.0011  lr: 0.0001  max_me
             fields.append(f"data_time: {data_time.avg(storage.count_samples('data_time', self._window_size)):.4f}")
             fields.append(f"last_data_time: {data_time.latest():.4f}")
         fields.append(f"lr: {histories['lr'].latest():.5g}" if "lr" in histories else "lr: N/A")
+        # Put by the reducer only while one rank is consistently the slowest (engine/rank_stats.py).
+        slowest = storage.latest().get("slowest_rank")
+        if slowest is not None and slowest[1] == iteration:
+            fields.append(f"slowest_rank: {slowest[0]:.0f}")
         max_mem_mb = _cuda_max_memory_mb()
         if max_mem_mb is not None:
             fields.append(f"max_mem: {max_mem_mb:.0f}M")

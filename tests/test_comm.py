@@ -75,22 +75,29 @@ def _fails_on_rank_1_while_rank_0_waits(rank, world_size):
 
 @pytest.mark.distributed
 def test_harness_reports_the_failing_rank_and_does_not_hang():
-    start = time.monotonic()
+    # Had rank 0 stayed in its barrier, the harness would raise TimeoutError after 200 s
+    # instead of reporting the failure: the failure's message is the proof it did not hang.
     with pytest.raises(AssertionError, match=r"(?s)failed on rank\(s\) \[.*1\].*boom on purpose"):
-        run_distributed(_fails_on_rank_1_while_rank_0_waits, world_size=2, timeout=60)
-    assert time.monotonic() - start < 60
+        run_distributed(_fails_on_rank_1_while_rank_0_waits, world_size=2, timeout=200)
+
+
+HUNG_S = 3600
 
 
 def _sleeps_on_rank_0(rank, world_size):
     if rank == 0:
-        time.sleep(600)
+        time.sleep(HUNG_S)
     return rank
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_harness_kills_a_hung_rank_after_the_timeout():
+    """The 8 s are the worker function's: starting the processes and importing torch (slow on a
+    saturated machine) is not counted, so only a real hang can exceed them."""
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"rank\(s\) \[0\] of 2 did not finish within 8 s"):
         run_distributed(_sleeps_on_rank_0, world_size=2, timeout=8)
-    assert time.monotonic() - start < 30
+    # Killed, not waited for: far below the hung rank's sleep whatever the start-up cost.
+    assert time.monotonic() - start < HUNG_S / 10
+

@@ -7,7 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from engine.config import ConfigError, dump_config, get_cfg, load_config
+from engine.config import Config, ConfigError, dump_config, get_cfg, load_config
+from engine.demo.hf_detr import HfDetrTrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -82,9 +83,13 @@ def test_empty_file_gives_the_defaults(tmp_path):
     assert OmegaConf.to_container(cfg) == OmegaConf.to_container(get_cfg())
 
 
+# Configs of scripts that add their own keys to engine.config.Config (load_config's schema).
+SCHEMAS = {"hf_detr.yaml": HfDetrTrainConfig}
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_shipped_config_loads(name):
-    cfg = load_config(CONFIG_DIR / name)
+    cfg = load_config(CONFIG_DIR / name, schema=SCHEMAS.get(name, Config))
     assert cfg.SOLVER.MAX_ITER > 0
 
 
@@ -298,3 +303,105 @@ def test_dump_leaves_ordinary_configs_untouched(tmp_path):
     out = tmp_path / "config.yaml"
     dump_config(cfg, out)
     assert "<redacted>" not in out.read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# Declared value constraints, checked once on the merged config
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("TELEMETRY.WRITE_PERIOD", "0"),
+        ("MODEL.DETR.NUM_CLASSES", "0"),
+        ("MODEL.DETR.NHEADS", "5"),  # 256 is not divisible by 5: torch would assert deep inside
+        ("SOLVER.MAX_ITER", "-5"),
+        ("SOLVER.IMS_PER_BATCH", "0"),
+        ("SOLVER.BASE_LR", ".nan"),
+        ("SOLVER.STEPS", "[10, -1]"),
+        ("DATASETS.MULTI_DATASET.SYNTHETIC_RATIO", "1.5"),
+        ("DATASETS.DEMO.SYNTHETIC.NUM_SCENES", "0"),
+        ("WANDB.MODE", "sometimes"),
+    ],
+)
+def test_out_of_range_override_names_key_and_override(tmp_path, key, value):
+    message = config_error(write(tmp_path / "a.yaml", ""), [key, value])
+    assert f"{key}" in message and f"command-line override '{key} {value}'" in message and value.strip(".") in message
+
+
+def test_a_constraint_between_two_keys_names_where_each_was_set(tmp_path):
+    base = write(tmp_path / "base.yaml", "MODEL:\n  DETR:\n    HIDDEN_DIM: 64\n")
+    message = config_error(write(tmp_path / "child.yaml", f"_BASE_: {base}\n"), ["MODEL.DETR.NHEADS", "5"])
+    assert "MODEL.DETR.NHEADS must divide HIDDEN_DIM" in message
+    assert "MODEL.DETR.HIDDEN_DIM is 64, set in" in message and "base.yaml" in message
+
+
+def test_constraints_judge_the_merged_config_not_each_file(tmp_path):
+    # The base alone breaks NHEADS | HIDDEN_DIM (8 does not divide 36); the child repairs it.
+    base = write(tmp_path / "base.yaml", "MODEL:\n  DETR:\n    HIDDEN_DIM: 36\n")
+    cfg = load_config(write(tmp_path / "child.yaml", f"_BASE_: {base}\nMODEL:\n  DETR:\n    NHEADS: 6\n"))
+    assert (cfg.MODEL.DETR.HIDDEN_DIM, cfg.MODEL.DETR.NHEADS) == (36, 6)
+
+
+def test_every_numeric_key_declares_its_range():
+    """A new int/float key cannot slip in without a declared constraint (the criterion's keys
+    are checked by ``check_criterion_config``; seeds and the version take any integer)."""
+    import dataclasses
+    import typing
+
+    from criterion.config import CriterionConfig
+    from engine.config import Config, declared_checks
+
+    free = {"SEED", "VERSION", "DATASETS.DEMO.SEED"}
+    criterion_keys = {f"MODEL.DETR.{f.name}" for f in dataclasses.fields(CriterionConfig)}
+
+    def numeric_keys(schema, prefix=""):
+        for name, hint in typing.get_type_hints(schema).items():
+            if dataclasses.is_dataclass(hint):
+                yield from numeric_keys(hint, f"{prefix}{name}.")
+            elif hint in (int, float) or typing.get_args(hint) in ((int,), (float,)):
+                yield f"{prefix}{name}"
+
+    declared = {name for name, _ in declared_checks()}
+    missing = set(numeric_keys(Config)) - declared - criterion_keys - free
+    assert not missing, f"numeric keys without a declared range: {sorted(missing)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Files and values that are not configs: refused before any parser recursion or expansion
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a UTF-8 text file"),
+        (b"SOLVER:\n  MAX_ITER: 5 \xe9t\xe9\n", "not a UTF-8 text file (byte 0xe9 at offset 22)"),
+        (b"SOLVER:\n  MAX_ITER: 5\x00\x00\n", "binary file"),
+    ],
+    ids=["png", "latin-1", "nul-bytes"],
+)
+def test_binary_or_non_utf8_file_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "weird.yaml"
+    path.write_bytes(content)
+    message = config_error(path)
+    assert str(path) in message and expected in message
+
+
+def test_deeply_nested_value_is_refused_not_a_recursion_error(tmp_path):
+    path = write(tmp_path / "deep.yaml", "SOLVER:\n  STEPS: " + "[" * 5000 + "]" * 5000 + "\n")
+    message = config_error(path)
+    assert "deep.yaml:2" in message and "nested more than" in message
+    message = config_error(write(tmp_path / "a.yaml", ""), ["SOLVER.STEPS", "[" * 5000 + "]" * 5000])
+    assert "SOLVER.STEPS" in message and "nested more than" in message and len(message) < 300
+
+
+# "Billion laughs": each level a list of nine aliases of the one before; the last is a list value.
+ALIAS_BOMB = "L0: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"L{i}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for i, (a, b) in enumerate(zip("abcdefgh", "bcdefghi"), 1)
+) + "WANDB:\n  TAGS: [*i, *i, *i]\n"
+
+
+def test_yaml_alias_bomb_is_refused_at_the_first_alias(tmp_path):
+    assert len(ALIAS_BOMB) < 1000  # nine levels: 9**9 (387 million) items once expanded
+    message = config_error(write(tmp_path / "bomb.yaml", ALIAS_BOMB))
+    assert "bomb.yaml:2" in message and "aliases (*a) are not allowed" in message
+    message = config_error(write(tmp_path / "a.yaml", ""), ["WANDB.TAGS", "[&x [a, b], *x, *x]"])
+    assert "WANDB.TAGS" in message and "aliases (*x) are not allowed" in message

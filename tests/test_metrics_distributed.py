@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from dist_utils import run_distributed
+from engine.rank_stats import is_rank_key
 from engine.metrics import NUM_SAMPLES_SUFFIX, LossDictReducer, NonFiniteLossError, write_metrics
 from events.storage import EventStorage
 
@@ -283,10 +284,20 @@ def test_deferred_nan_names_the_first_bad_iteration_on_every_rank(job):
 def test_write_metrics_puts_the_same_values_on_every_rank(job):
     world_size, results = job
     expected = {"train/" + name: value for name, value in expected_values(world_size, 0).items()}
+    per_rank_of = []
     for rank, result in enumerate(results):
         stored = dict(result["storage"])
         assert stored.pop("train/rank_data_time") == pytest.approx(DATA_TIME[rank])
+        per_rank_of.append({k: stored.pop(k) for k in list(stored) if is_rank_key(k[len("train/"):])})
         assert stored == pytest.approx(expected)
+    # Every rank's own data time, carried by the same collective, identical on every rank.
+    per_rank = per_rank_of[0]
+    assert all(other == per_rank for other in per_rank_of[1:])
+    data_times = [DATA_TIME[r] for r in range(world_size)]
+    assert [per_rank[f"train/rank_data_time/r{r}"] for r in range(world_size)] == pytest.approx(data_times)
+    assert per_rank["train/rank_data_time/max"] == pytest.approx(max(data_times))
+    assert per_rank["train/rank_data_time/argmax"] == data_times.index(max(data_times))
+    assert all(per_rank[f"train/rank_max_mem/r{r}"] > 0 for r in range(world_size))  # peak RSS, MB
 
 
 @pytest.mark.distributed

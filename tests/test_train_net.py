@@ -93,7 +93,7 @@ def test_every_output_file_is_written(demo_run):
     output_dir, _ = demo_run
     names = {p.name for p in output_dir.iterdir()}
     expected = {
-        "log.txt", "metrics.json", "config.yaml", "train_history.json", "loss_graph.png", "last_checkpoint",
+        "log.txt", "metrics.json", "config.yaml", "train_history.json", "loss_graph.png", "report.html", "last_checkpoint",
         "model_0000019.pth", "model_0000039.pth", "model_final.pth", "wandb", "wandb_run.json",
     }
     assert expected <= names
@@ -209,6 +209,18 @@ def test_loss_graph_is_a_300_dpi_png(demo_run):
     assert dpi == pytest.approx((300, 300), abs=0.01)
 
 
+@pytest.mark.slow
+def test_loss_graph_compares_the_demo_losses_like_with_like(demo_run):
+    """The demo trains on real and synthetic samples (weighted 1 and 0.5) and validates on real
+    scenes: its loss graph draws the gap of the real-scene losses, the total without a gap."""
+    from events.plotting.train_val import train_val_pairs
+    from events.readers import read_log
+
+    pairs = train_val_pairs([read_log(demo_run[0] / "metrics.json")])
+    assert [(p.name, p.gap) for p in pairs] == [("real-scene loss (Σ of 9 loss_*_real)", True), ("total_loss", False)]
+    assert "weighs real samples 1 and synthetic ones 0.5 (config.yaml)" in pairs[1].note
+
+
 def run_failing(tmp_path, overrides, config_file=DEMO_CONFIG):
     """Run train_net expecting failure: (exit code, non-empty stderr lines)."""
     command = train_net_command(None, overrides, config_file=config_file)
@@ -224,8 +236,13 @@ def run_failing(tmp_path, overrides, config_file=DEMO_CONFIG):
     [
         (["SOLVER.MAX_ITERS", "40"], "SOLVER.MAX_ITERS"),
         (["SOLVER.MAX_ITER", "forty"], "SOLVER.MAX_ITER"),
+        # Out of range: refused by the config's declared constraints, before the model or
+        # the data are built (torch's assert, the loader's check came after log.txt existed).
+        (["MODEL.DETR.NHEADS", "5"], "MODEL.DETR.NHEADS must divide HIDDEN_DIM"),
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH"),
+        (["SOLVER.MAX_ITER", "-5"], "SOLVER.MAX_ITER"),
     ],
-    ids=["unknown-key", "wrong-type"],
+    ids=["unknown-key", "wrong-type", "heads-not-dividing", "empty-batch", "negative-iterations"],
 )
 def test_bad_config_override_is_exit_2_and_one_line_naming_the_key(tmp_path, override, named):
     output_dir = tmp_path / "out"
@@ -244,6 +261,17 @@ def test_unknown_key_in_a_config_file_names_key_and_file(tmp_path):
     assert code == 2
     assert len(stderr) == 1, stderr
     assert stderr[0].startswith("error: ") and "SOLVER.BASE_LRR" in stderr[0] and "typo.yaml" in stderr[0]
+
+
+@pytest.mark.slow
+def test_binary_config_file_is_one_line_and_nothing_is_written(tmp_path):
+    config = tmp_path / "model_final.pth"  # the wrong file, a common slip
+    config.write_bytes(b"PK\x03\x04\x00\x00\x08\x00\xff\xfe binary")
+    code, stderr = run_failing(tmp_path, ["OUTPUT_DIR", tmp_path / "out"], config_file=config)
+    assert code == 2
+    assert len(stderr) == 1, stderr
+    assert stderr[0].startswith("error: ") and str(config) in stderr[0] and "UTF-8" in stderr[0]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -185,3 +185,13 @@ def test_fresh_start_archives_an_earlier_run_and_resume_does_not(tmp_path):
     (tmp_path / "log.txt").write_text("second run")
     second = archive_previous_run(str(tmp_path))
     assert second != archive and (tmp_path / archive / "metrics.json").exists()  # earlier archive kept
+
+
+def test_deferred_metrics_reach_the_last_write_when_max_iter_is_not_a_period_multiple(tmp_path):
+    model = TinyLossModel()
+    trainer = SimpleTrainer(model, batches(), torch.optim.SGD(model.parameters(), lr=0.01), deferred_metrics=True, metrics_period=5)
+    trainer.register_hooks([IterationTimer(), PeriodicWriter([JSONWriter(str(tmp_path / "metrics.json"))], period=5)])
+    trainer.train(0, 12)
+    rows = records(tmp_path)
+    assert [r["iteration"] for r in rows] == [4, 9, 11]
+    assert "loss_main" in rows[-1] and "time" in rows[-1]  # one record: the timer's and the losses

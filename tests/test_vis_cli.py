@@ -1,5 +1,6 @@
 """tools/vis_train_log.py (events.plotting.cli): figures, summary files, options, clean errors."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,18 @@ def test_list_and_latest_quick(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "plots")) == ["overview.png", "summary.csv", "summary.md", "train_vs_val.png"]
 
 
+def test_list_names_the_format_of_a_log_whose_first_record_exceeds_a_mebibyte(tmp_path, capsys):
+    run = tmp_path / "outputs" / "big_eval"
+    run.mkdir(parents=True)
+    per_class = {f"bbox/AP-class{i}": 1.0 for i in range(60_000)}  # a large label set's evaluation
+    first = json.dumps({"iteration": 0, "total_loss": 1.0, **per_class})
+    assert len(first) > 1 << 20
+    (run / "metrics.json").write_text(first + "\n" + json.dumps({"iteration": 19, "total_loss": 0.5}) + "\n")
+    code, out, _ = run_cli(capsys, "--list", str(tmp_path / "outputs"))
+    assert code == 0
+    assert "detectron2-metrics" in out.splitlines()[1], out
+
+
 def test_skipped_lines_are_reported_in_one_line(tmp_path, capsys):
     log = tmp_path / "metrics.json"
     log.write_bytes(open(WASTE, "rb").read() + b"\x00\x01garbage\n{\"iteration\": 4019, \"total_lo")
@@ -175,6 +188,13 @@ def test_default_jobs_counts_idle_cpus_now(monkeypatch):
     assert render.default_jobs() == 1
 
 
+def _spinning(pid: int) -> bool:
+    """Whether process ``pid`` is runnable and has run a while (``/proc/<pid>/stat`` state R,
+    user time > 0): it counts in procs_running from then on."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return fields[0] == "R" and int(fields[11]) > 0
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="procs_running is read from Linux's /proc/stat")
 def test_a_cpu_bound_process_elsewhere_is_seen_at_once():
     from events.plotting import render
@@ -183,7 +203,11 @@ def test_a_cpu_bound_process_elsewhere_is_seen_at_once():
     try:
         import time
 
-        time.sleep(0.3)  # the interpreter has started and spins
+        # Wait for the event, not a fixed time: the spinner has used CPU and is runnable.
+        deadline = time.monotonic() + 120
+        while not _spinning(spinner.pid):
+            assert time.monotonic() < deadline, "the spinner never ran"
+            time.sleep(0.05)
         assert render._busy_elsewhere() >= 1
     finally:
         spinner.kill()

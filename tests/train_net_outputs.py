@@ -25,7 +25,7 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 TIMING_KEYS = frozenset({"time", "data_time", "rank_data_time", "eta_seconds"})
 
 _SESSION_START = "engine.train_loop INFO: Starting training from iteration"
-_CONSOLE_LINE = re.compile(r"\] events\.writers INFO:\s+(.*\biter: \d+.*)$")
+_CONSOLE_LINE = re.compile(r"\] d2\.utils\.events INFO:\s+(.*\biter: \d+.*)$")
 
 
 def train_net_env(root: Path) -> Dict[str, str]:

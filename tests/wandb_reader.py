@@ -69,7 +69,7 @@ def _finished_records(path: str, timeout: float) -> list[wandb_internal_pb2.Reco
         time.sleep(0.05)
 
 
-def read_offline_run(path: str, timeout: float = 30.0) -> OfflineRun:
+def read_offline_run(path: str, timeout: float = 120.0) -> OfflineRun:
     """Decode one finished ``run-<id>.wandb`` file into run metadata, config and history."""
     run_record = None
     config: dict[str, Any] = {}

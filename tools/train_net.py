@@ -2,13 +2,14 @@
 """Train the demo relation DETR on synthetic scenes with every telemetry hook and writer on.
 
     python tools/train_net.py --config-file configs/demo.yaml
-    python tools/train_net.py --config-file configs/demo.yaml --resume     # after a crash
+    python tools/train_net.py --config-file configs/demo.yaml --resume     # after a crash or Ctrl-C
     torchrun --nproc_per_node 2 tools/train_net.py --config-file configs/demo.yaml
 
 This script is also the reference for wiring the telemetry into your own trainer: build the
 model, criterion and data, then register the hooks in the order below (PeriodicWriter last).
 The output directory receives log.txt, metrics.json, TensorBoard events, a W&B offline run,
-checkpoints, config.yaml, train_history.json and loss_graph.png.
+checkpoints, config.yaml, train_history.json, loss_graph.png and report.html. Ctrl-C or SIGTERM stops after
+the current step with every writer flushed and a checkpoint of that step (exit 130 / 143).
 """
 from __future__ import annotations
 
@@ -23,40 +24,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from criterion import build_relation_criterion  # noqa: E402
 from engine import comm  # noqa: E402
-from engine.checkpoint import Checkpointer, PeriodicCheckpointer  # noqa: E402
+from engine.checkpoint import Checkpointer, PeriodicCheckpointer, completed_run_notice, latest_checkpoint  # noqa: E402
 from engine.config import ConfigError, dump_config, load_config  # noqa: E402
 from engine.defaults import (  # noqa: E402
+    command_line,
     default_argument_parser,
     default_setup,
     init_distributed_from_env,
+    one_cpu_thread_for_tiny_models,
     output_dir_override,
+    resume_command,
 )
 from engine.demo.data import build_train_loader, build_val_loader, predicate_counts  # noqa: E402
 from engine.demo.model import build_demo_model  # noqa: E402
 from engine.evaluation import evaluate_loss  # noqa: E402
+from engine.graceful_stop import GracefulStop, TrainingInterrupted  # noqa: E402
 from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler, PeriodicWriter  # noqa: E402
 from engine.metrics import LossDictReducer  # noqa: E402
 from engine.param_monitor import ParameterMonitor  # noqa: E402
 from engine.run_history import RunHistory  # noqa: E402
+from engine.run_report import write_run_report  # noqa: E402
+from engine.solver import build_optimizer  # noqa: E402
 from engine.train_loop import SimpleTrainer  # noqa: E402
 from engine.writer_builder import build_writers  # noqa: E402
 
 logger = logging.getLogger("train_net")
-
-
-def build_optimizer(cfg, model: torch.nn.Module):
-    """AdamW with linear warmup then step decay at ``SOLVER.STEPS`` (DETR-style training)."""
-    solver = cfg.SOLVER
-    optimizer = torch.optim.AdamW(model.parameters(), lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
-
-    def lr_factor(iteration: int) -> float:
-        warmup = 1.0
-        if iteration < solver.WARMUP_ITERS:
-            alpha = iteration / max(solver.WARMUP_ITERS, 1)
-            warmup = solver.WARMUP_FACTOR * (1 - alpha) + alpha
-        return warmup * solver.GAMMA ** sum(iteration >= step for step in solver.STEPS)
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
 def to_device(loader, device: torch.device) -> Iterator:
@@ -78,18 +70,28 @@ def write_loss_graph(output_dir: str) -> None:
 
 
 def main(args) -> int:
-    try:
-        cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args))
-        trainer, start_iter, resumed = build_trainer(cfg, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run(trainer, cfg, args.config_file, start_iter, resumed)
+    # Ctrl-C / SIGTERM from here on stop training after the current step, with a checkpoint.
+    with GracefulStop() as stop:
+        try:
+            cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args))
+            notice = completed_run_notice(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER) if args.resume else None
+            if notice:
+                if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+                    print(notice)
+                return 0
+            trainer, start_iter, resumed = build_trainer(cfg, args)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return run(trainer, cfg, args.config_file, start_iter, resumed, stop)
 
 
 def build_trainer(cfg, args):
     """Model, criterion, data, optimizer, checkpoint state and hooks, in the order they depend
-    on each other. Returns (trainer, start iteration, whether a checkpoint was resumed)."""
+    on each other. Returns (trainer, start iteration, whether a checkpoint was resumed).
+
+    Everything a config value can make fail is built before the output directory is touched, so
+    a bad value is a ``ConfigError`` that leaves no trace there."""
     try:
         device = torch.device(cfg.MODEL.DEVICE)
     except RuntimeError as e:
@@ -100,21 +102,20 @@ def build_trainer(cfg, args):
     rank, world_size = comm.get_rank(), comm.get_world_size()
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", comm.get_local_rank())  # one GPU per torchrun process
-    output_dir = cfg.OUTPUT_DIR
-    default_setup(output_dir, cfg.SEED, resume=args.resume)
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # The demo's tensors are tiny: one intra-op thread per process is ~10x faster than two
-        # on a busy 2-core machine (threads spin-wait for each other). OMP_NUM_THREADS overrides.
-        torch.set_num_threads(1)
-
-    model = build_demo_model(cfg).to(device)
     train_data = build_train_loader(cfg, rank, world_size)
+    val_loader = build_val_loader(cfg, rank, world_size)
     counts = None
     if cfg.MODEL.DETR.REWEIGHT_RELATIONS:
         counts = predicate_counts(train_data.datasets.values(), cfg.MODEL.DETR.NUM_REL_CLASSES)
     criterion = build_relation_criterion(
         cfg.MODEL.DETR, multi_dataset=cfg.DATASETS.MULTI_DATASET, predicate_counts=counts
     )
+
+    output_dir = cfg.OUTPUT_DIR
+    default_setup(output_dir, cfg.SEED, resume=args.resume, command=command_line(cfg))
+    one_cpu_thread_for_tiny_models(device)
+
+    model = build_demo_model(cfg).to(device)
     optimizer, scheduler = build_optimizer(cfg, model)
     checkpointer = Checkpointer(model, output_dir, optimizer=optimizer)
 
@@ -147,7 +148,6 @@ def build_trainer(cfg, args):
         deferred_metrics=telemetry.DEFERRED_REDUCTION,
         metrics_period=telemetry.WRITE_PERIOD,
     )
-    val_loader = build_val_loader(cfg, rank, world_size)
     val_reducer = LossDictReducer(criterion.weight_dict)
 
     def validation() -> Dict[str, Dict[str, float]]:
@@ -176,23 +176,39 @@ def build_trainer(cfg, args):
     return trainer, start_iter, checkpoint is not None
 
 
-def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed: bool) -> int:
-    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png at the end."""
+def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed: bool, stop: GracefulStop) -> int:
+    """Train to ``SOLVER.MAX_ITER``, keep train_history.json, draw loss_graph.png and report.html at the end.
+
+    Returns the exit code: 0, 1 (non-finite values) or 128 + signal (stopped by Ctrl-C/SIGTERM).
+    """
     output_dir = cfg.OUTPUT_DIR
-    history = RunHistory(output_dir, config_file, start_iter, resumed) if comm.is_main_process() else None
+    history = None
+    if comm.is_main_process():
+        history = RunHistory(output_dir, config_file, start_iter, resumed, command_line(cfg))
 
     def final_values() -> Dict[str, Any]:
         storage = trainer.storage
         return storage.latest_with_smoothing_hint(cfg.TELEMETRY.WINDOW_SIZE) if storage else {}
 
     try:
-        trainer.train(start_iter, cfg.SOLVER.MAX_ITER)
+        trainer.train(start_iter, cfg.SOLVER.MAX_ITER, stop=stop)
     except FloatingPointError as e:
         # Every rank raises at the same iteration; what was logged before is on disk.
         if history:
             history.finish("non-finite values", final_values(), error=str(e))
         print(f"error: training stopped at iteration {trainer.iter}: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        # The writers are flushed and closed and the step's checkpoint saved (after_train hooks).
+        checkpoint = latest_checkpoint(output_dir)
+        message = (
+            f"{e.signal_name}: training stopped after iteration {e.iteration}; checkpoint saved to "
+            f"{checkpoint}; resume with: {resume_command(cfg, comm.get_world_size())}"
+        )
+        if history:
+            history.finish("interrupted", final_values(), error=message)
+            print(message, file=sys.stderr)
+        return e.exit_code
     except BaseException as e:
         if history:
             history.finish("crashed", final_values(), error=f"{type(e).__name__}: {e}")
@@ -200,9 +216,19 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     if history:
         history.finish("completed", final_values())
         write_loss_graph(output_dir)
+        write_run_report(output_dir)
     comm.synchronize()
     return 0
 
 
+def cli() -> int:
+    args = default_argument_parser(__doc__.splitlines()[0]).parse_args()
+    try:
+        return main(args)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being honoured
+        print("error: interrupted twice; stopped at once, without a checkpoint of the current step", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main(default_argument_parser(__doc__.splitlines()[0]).parse_args()))
+    sys.exit(cli())

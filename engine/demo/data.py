@@ -15,6 +15,7 @@ The last two keys are stamped only when ``DATASETS.MULTI_DATASET.ENABLED``.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -139,6 +140,8 @@ class MultiDatasetLoader:
         loss_weights: ``{"real": w, "synthetic": w}`` stamped as ``loss_weight`` together with
             ``dataset_type``; ``None`` stamps nothing (single-dataset training).
         start_iter: first iteration yielded.
+        delay: seconds this loader sleeps before each batch (``DATASETS.DEMO.SLOW_RANK``: a
+            straggling rank, for the per-rank figures).
     """
 
     def __init__(
@@ -147,11 +150,13 @@ class MultiDatasetLoader:
         sampler: MultiDatasetSampler,
         loss_weights: Mapping[str, float] | None,
         start_iter: int = 0,
+        delay: float = 0.0,
     ) -> None:
         self.datasets = dict(datasets)
         self.sampler = sampler
         self.loss_weights = dict(loss_weights) if loss_weights is not None else None
         self.start_iter = start_iter
+        self.delay = delay
 
     def batch(self, iteration: int) -> Batch:
         plan = self.sampler.plan(iteration)
@@ -168,6 +173,8 @@ class MultiDatasetLoader:
     def __iter__(self) -> Iterator[Batch]:
         iteration = self.start_iter
         while True:
+            if self.delay > 0:
+                time.sleep(self.delay)
             yield self.batch(iteration)
             iteration += 1
 
@@ -285,7 +292,9 @@ def build_train_loader(
         rank=rank,
         world_size=world_size,
     )
-    return MultiDatasetLoader(datasets, sampler, loss_weights, start_iter=start_iter)
+    demo = cfg.DATASETS.DEMO
+    delay = float(demo.SLOW_RANK_SECONDS) if demo.SLOW_RANK == rank else 0.0
+    return MultiDatasetLoader(datasets, sampler, loss_weights, start_iter=start_iter, delay=delay)
 
 
 def build_val_loader(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> ValidationLoader:

@@ -11,6 +11,7 @@ Everything the command-line tool draws (tools/vis_train_log.py)::
     from events.plotting import PlotOptions, plan_figures, render_figures, summarize
     table = read_log("outputs/demo/log.txt")
     render_figures(plan_figures([table], PlotOptions()), [table], "training_plots", PlotOptions())
+    write_html_report([table], "training_plots/report.html", PlotOptions())   # needs plotly
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Union
 from events.readers import LogTable, read_log
 
 from .figures import filter_keys, plan_figures, train_val_figure
+from .html_report import render_html_report, write_html_report
 from .options import FigureSpec, PlotOptions
 from .render import FIGURE_FORMATS, render_figures
 from .smoothing import SmoothSpec, parse_smooth
@@ -41,6 +43,8 @@ __all__ = [
     "RunSummary",
     "PlottingUnavailable",
     "FIGURE_FORMATS",
+    "write_html_report",
+    "render_html_report",
 ]
 
 
@@ -67,7 +71,10 @@ def plot_train_val_loss(
 
     The top panel shows the total train loss (raw min/max band, smoothed line) and the
     validation loss at each evaluation; the bottom one the generalization gap (validation minus
-    smoothed train). Without validation loss it shows the train loss and says so.
+    smoothed train). For a run that trains on synthetic samples too, the gap is that of the
+    real-scene losses, which both sides compute alike, and the total is shown without a gap,
+    with a note saying how the two differ (``train_val.train_val_pairs``). Without validation
+    loss it shows the train loss and says so.
 
     Raises:
         events.readers.LogReadError: ``table`` is a path that cannot be read.

@@ -12,15 +12,16 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from events.readers import LogReadError, LogTable, find_logs, log_label, read_runs, select_run, sniff_format
+from events.readers import LogReadError, LogTable, find_logs, log_label, read_runs, select_run, sniff_file
 from events.readers.table import X_AXES
 
 from .figures import filter_keys, plan_figures
+from .html_report import write_html_report
 from .options import PlotOptions
 from .render import FIGURE_FORMATS, default_jobs, render_figures
 from .smoothing import parse_smooth
 from .style import PlottingUnavailable
-from .summary import format_summary, summarize, write_summary
+from .summary import RunSummary, format_summary, summarize, write_summary
 
 __all__ = ["main", "build_parser"]
 
@@ -35,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vis_train_log.py",
         description="Replot a training log (detectron2 log.txt / metrics.json, DETR log.txt, MMDetection "
-        ".log.json, MMEngine scalars.json, CSV/JSONL, TensorBoard events): figures + summary numbers.",
+        ".log.json, MMEngine text log / scalars.json, PyTorch Lightning metrics.csv, CSV/JSONL, TensorBoard "
+        "events): figures + summary numbers.",
     )
     parser.add_argument("--log-file", help="log file, or a run folder holding one")
     parser.add_argument("--compare", nargs="+", default=[], metavar="LOG", help="more logs drawn on shared axes, one colour per log")
-    parser.add_argument("--output-dir", default="training_plots", help="where figures and summary go (default: training_plots/)")
+    parser.add_argument("--output-dir", default=None, help="where figures and summary go (default: training_plots/; "
+                        "with --html: the report's folder, and no PNGs unless given)")
+    parser.add_argument("--html", metavar="FILE", help="write one self-contained interactive report (needs the report extra)")
     parser.add_argument("--format", default="png", choices=FIGURE_FORMATS, help="figure format (default: png)")
     parser.add_argument("--dpi", type=int, default=300, help="raster resolution (default: 300)")
     parser.add_argument("--keys", nargs="+", default=[], metavar="GLOB", help="only these series, e.g. 'loss_ce*' 'bbox/*'")
@@ -64,8 +68,10 @@ def _list_logs(root: str) -> int:
         return 0
     print(f"{'modified':<16}  {'size':>9}  {'format':<18}  path")
     for log in logs:
-        with open(log.path, "rb") as handle:
-            fmt = sniff_format(handle.read(1 << 20)) if not os.path.basename(log.path).startswith("events.out") else "tensorboard"
+        try:
+            fmt = sniff_file(log.path)
+        except LogReadError:  # emptied or removed since it was found
+            fmt = "unreadable"
         stamp = datetime.datetime.fromtimestamp(log.modified).strftime("%Y-%m-%d %H:%M")
         print(f"{stamp:<16}  {log.size / 1024:>8.0f}K  {fmt:<18}  {log.path}")
     return 0
@@ -136,17 +142,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.quick:
         specs = [spec for spec in specs if spec.name in _QUICK_FIGURES]
     summary_files: List[str] = []
+    summaries: List[RunSummary] = []
+    # With --html alone: the report and the summary beside it, no PNGs.
+    out_dir = args.output_dir or (os.path.dirname(os.path.abspath(args.html)) if args.html else "training_plots")
 
     def summarize_runs() -> None:  # runs while the figures are drawn in other processes
-        summaries = [summarize(table, smooth) for table in tables]
+        summaries.extend(summarize(table, smooth) for table in tables)
         for run_summary in summaries:
             print(format_summary(run_summary), flush=True)
-        summary_files.extend(write_summary(summaries, args.output_dir))
+        summary_files.extend(write_summary(summaries, out_dir))
 
-    written = render_figures(specs, tables, args.output_dir, options, jobs=jobs, notify=print, meanwhile=summarize_runs)
+    if args.html and not args.output_dir:
+        summarize_runs()
+        written: List[str] = []
+    else:
+        written = render_figures(specs, tables, out_dir, options, jobs=jobs, notify=print, meanwhile=summarize_runs)
+    if args.html:
+        print(f"wrote {write_html_report(tables, args.html, options, summaries)}")
     csv_path, md_path = summary_files
     names = ", ".join(os.path.basename(path) for path in written)
-    print(f"wrote {len(written)} figure(s) to {args.output_dir}/: {names}")
+    if written or not args.html:
+        print(f"wrote {len(written)} figure(s) to {out_dir}/: {names}")
     print(f"summary: {csv_path}, {md_path} ({time.perf_counter() - started:.1f}s)")
     return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .options import PlotOptions
+from .presentation import step_points
 from .smoothing import envelope, smooth, thin
 from .style import RUN_COLORS, matplotlib_figure
 
@@ -25,6 +26,7 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 0.55, 0.15, 0.6, 0.45
 _COLUMN_GAP, _ROW_GAP = 0.6, 0.6
 _LEGEND_GAP = 0.1
 _TITLE_LINE = 0.2  # inches of one more line of the 10 pt figure title
+_NOTE_LINE, _NOTE_CHAR = 0.125, 0.056  # inches per line and (about) per character of a 7 pt note
 
 
 @dataclass
@@ -37,16 +39,17 @@ class _Layout:
     right: float = _RIGHT
     column_gap: float = _COLUMN_GAP
     top: float = _TOP
+    bottom: float = _BOTTOM
 
     def size(self) -> Tuple[float, float]:
         width = self.panels_right() + self.right
-        height = self.top + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + _BOTTOM
+        height = self.top + self.rows * self.panel[1] + (self.rows - 1) * _ROW_GAP + self.bottom
         return width, height
 
     def apply(self, figure: Any) -> None:
         width, height = self.size()
         figure.set_size_inches(width, height)
-        figure.subplots_adjust(left=_LEFT / width, right=1 - self.right / width, bottom=_BOTTOM / height,
+        figure.subplots_adjust(left=_LEFT / width, right=1 - self.right / width, bottom=self.bottom / height,
                                top=1 - self.top / height, wspace=self.column_gap / self.panel[0], hspace=_ROW_GAP / self.panel[1])
 
     def panels_right(self) -> float:
@@ -93,12 +96,17 @@ def panel_grid(count: int) -> Tuple[Any, List[Any], List[Any]]:
 
 
 def curve(ax: Any, table: LogTable, series: Series, options: PlotOptions, *, color: Any, label: Optional[str],
-           band: bool = False, width: float = 1.1, style: str = "-", smooth_it: bool = True) -> None:
-    """Draw ``series``: a light min/max band of the raw points (if ``band``) under the smoothed line."""
+           band: bool = False, width: float = 1.1, style: str = "-", smooth_it: bool = True, steps: bool = False) -> None:
+    """Draw ``series``: a light min/max band of the raw points (if ``band``) under the smoothed
+    line; with ``steps`` (a learning rate) its raw values as steps (``presentation.step_points``)."""
     if len(series) == 0:
         return
     x = table.x_of(series, options.x)
     y = series.values
+    if steps:
+        xt, yt = thin(*step_points(x, y), options.max_points)
+        ax.plot(xt, yt, style, color=color, label=short(label), linewidth=width, drawstyle="steps-pre")
+        return
     if band and len(y) > options.max_points:
         x_mid, low, high = envelope(x, y, options.max_points)
         ax.fill_between(x_mid, low, high, color=color, alpha=0.18, linewidth=0)
@@ -143,9 +151,11 @@ def loss_axis(ax: Any, options: PlotOptions) -> None:
         ax.set_yscale("log")
 
 
-def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str) -> Any:
-    """Title the figure, put the x label under ``bottoms`` (the lowest panel of each column) and
-    widen the figure's right margin to hold its legends."""
+def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], options: PlotOptions, what: str,
+           notes: Sequence[Optional[str]] = ()) -> Any:
+    """Title the figure, put the x label under ``bottoms`` (the lowest panel of each column),
+    widen the figure's right margin to hold its legends, and write ``notes`` (sentences; None
+    ones are left out) under the panels."""
     label = short(tables[0].label or tables[0].source, 40) if len(tables) == 1 else f"{len(tables)} runs"
     head = f"{options.title} — " if options.title else ""
     for ax in bottoms:
@@ -153,8 +163,25 @@ def finish(figure: Any, bottoms: Sequence[Any], tables: Sequence[LogTable], opti
     for ax in figure.axes:
         _thousands(ax)
     _fit_legends(figure)
+    _add_notes(figure, [note for note in notes if note])
     _fit_title(figure, f"{head}{what}", label)
     return figure
+
+
+def _add_notes(figure: Any, notes: Sequence[str]) -> None:
+    """``notes`` in small grey type below the x labels, wrapped to the figure's width (estimated
+    from the font size: measuring text would draw it), the bottom margin grown to hold them."""
+    if not notes:
+        return
+    import textwrap
+
+    layout = _LAYOUTS[figure]
+    chars = max(40, int((layout.size()[0] - _LEFT / 2 - _RIGHT) / _NOTE_CHAR))
+    lines = [line for note in notes for line in textwrap.wrap(note, chars)]
+    layout.bottom += len(lines) * _NOTE_LINE + 0.1
+    layout.apply(figure)
+    figure.text(_LEFT / 2, 0.1, "\n".join(lines), fontsize=7, color="0.3", va="bottom", ha="left",
+                linespacing=1.25, transform=figure.dpi_scale_trans)
 
 
 def _fit_title(figure: Any, what: str, label: str) -> None:

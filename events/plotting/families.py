@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from events.rank_keys import is_rank_key
+
 __all__ = ["KeyParts", "KeyGroups", "parse_keys", "group_keys", "loss_family", "layer_order", "TOTAL_LOSS_NAMES", "OVERVIEW_NAMES", "SPLITS"]
 
 SPLITS = ("real", "synthetic")
@@ -112,8 +114,8 @@ def group_keys(names: Sequence[str]) -> KeyGroups:
     splits: Dict[str, Dict[str, str]] = defaultdict(dict)
     for name in names:
         p = parts[name]
-        if name in TOTAL_LOSS_NAMES or name in OVERVIEW_NAMES:
-            continue
+        if name in TOTAL_LOSS_NAMES or name in OVERVIEW_NAMES or is_rank_key(name):
+            continue  # the overview and the ranks figure show these
         if p.unscaled and p.key[: -len("_unscaled")] in present:
             continue  # DETR's unscaled copy of a logged loss: same curve, another scale
         if p.split in SPLITS:

@@ -18,10 +18,15 @@ from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis,
                       readable_limits, run_color, run_label)
 from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
 from .options import FigureSpec, PlotOptions
+from .presentation import (SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant,
+                           validation_panel_title, with_unit)
+from .ranks import has_ranks, ranks_figure
 from .smoothing import smooth
 from .style import RUN_COLORS
+from .train_val import train_val_pairs
 
-__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys"]
+__all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys", "generalization_gap",
+           "validation_metrics"]
 
 _PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
@@ -46,8 +51,9 @@ def _chunks(items: List[Any], size: int) -> List[List[Any]]:
     return [items[i: i + size] for i in range(0, len(items), size)] or [[]]
 
 
-def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Sequence[str]) -> Any:
-    """Total loss (raw band + smoothed), learning rate, and time / data_time per iteration."""
+def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Sequence[str], notes: Sequence[str] = ()) -> Any:
+    """Total loss (raw band + smoothed), learning rate (as steps), and time / data_time per
+    iteration; ``notes`` (e.g. constant series no other figure shows) go under the panels."""
     rows: List[Tuple[str, List[str]]] = []
     if total:
         rows.append(("total loss", list(total)))
@@ -68,7 +74,7 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
                 color = RUN_COLORS[position] if single else run_color(index)
                 label = name if single else f"{run_label(table, index)}: {name}" if len(names) > 1 else run_label(table, index)
                 if name == "lr":
-                    curve(ax, table, series, options, color=color, label=label, smooth_it=False)
+                    curve(ax, table, series, options, color=color, label=label, steps=True)
                 else:
                     curve(ax, table, series, options, color=color, label=label, band=single and position == 0,
                            style="-" if position == 0 or single else "--")
@@ -78,7 +84,7 @@ def overview_figure(tables: Sequence[LogTable], options: PlotOptions, total: Seq
         if title == "learning rate":
             _log_if_wide(ax, tables)
         axis_legend(ax)
-    return finish(figure, flat[-1:], tables, options, "overview")
+    return finish(figure, flat[-1:], tables, options, "overview", notes)
 
 
 def _log_if_wide(ax: Any, tables: Sequence[LogTable]) -> None:
@@ -90,9 +96,9 @@ def _log_if_wide(ax: Any, tables: Sequence[LogTable]) -> None:
 
 
 def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[str, List[KeyParts]], what: str,
-                  is_loss: bool) -> Any:
-    """One panel per base name; one table: its aux layers light to dark and the final layer in
-    black; several tables: each run's final layer in its colour."""
+                  is_loss: bool, notes: Sequence[Optional[str]] = ()) -> Any:
+    """One panel per base name, titled with its unit if any; one table: its aux layers light to
+    dark and the final layer in black; several tables: each run's final layer in its colour."""
     figure, axes, bottoms = panel_grid(len(bases))
     single = len(tables) == 1
     layers = sorted({p.layer for parts in bases.values() for p in parts if p.layer is not None})
@@ -108,20 +114,22 @@ def family_figure(tables: Sequence[LogTable], options: PlotOptions, bases: Dict[
                 if series is None:
                     continue
                 if p.layer is None:
-                    curve(ax, table, series, options, color=final_color, label=final_label, width=1.4)
+                    curve(ax, table, series, options, color=final_color, label=final_label, width=1.4, steps=is_step_series(p.key))
                 else:
-                    curve(ax, table, series, options, color=colors[p.layer], label=f"layer {p.layer}", width=0.9)
+                    curve(ax, table, series, options, color=colors[p.layer], label=f"layer {p.layer}", width=0.9,
+                          steps=is_step_series(p.key))
         else:
             last = ordered[-1]
             for index, table in enumerate(tables):
                 series = table.train.get(last.key)
                 if series is not None:
-                    curve(ax, table, series, options, color=run_color(index), label=run_label(table, index))
-        ax.set_title(base)
+                    curve(ax, table, series, options, color=run_color(index), label=run_label(table, index),
+                          steps=is_step_series(last.key))
+        ax.set_title(with_unit(base, [base]))
         if is_loss:
             loss_axis(ax, options)
     outside_legend(figure, axes)
-    return finish(figure, bottoms, tables, options, what)
+    return finish(figure, bottoms, tables, options, what, notes)
 
 
 def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[str, Dict[str, str]]) -> Any:
@@ -129,7 +137,8 @@ def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[
 
     The grey curve is what the optimizer saw: per-sample weighted (synthetic samples count
     less) and, for classification, over every query including the unmatched (background) ones,
-    so it can sit below both split curves, which are plain means over matched samples."""
+    so it can sit below both split curves, which are plain means over matched samples. The
+    figure says so (``SPLIT_FIGURE_NOTE``) whenever it draws the grey curve."""
     figure, axes, bottoms = panel_grid(len(splits))
     single = len(tables) == 1
     styles = {"real": "-", "synthetic": "--"}
@@ -147,7 +156,8 @@ def split_figure(tables: Sequence[LogTable], options: PlotOptions, splits: Dict[
         ax.set_title(base)
         loss_axis(ax, options)
     outside_legend(figure, axes)
-    return finish(figure, bottoms, tables, options, "real vs synthetic")
+    grey = single and any(base in tables[0].train for base in splits)
+    return finish(figure, bottoms, tables, options, "real vs synthetic", [SPLIT_FIGURE_NOTE if grey else None])
 
 
 def _magnitude(tables: Sequence[LogTable], name: str) -> float:
@@ -160,10 +170,11 @@ def _magnitude(tables: Sequence[LogTable], name: str) -> float:
 
 def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List[Tuple[str, List[str]]]:
     """Validation metrics grouped by task (``bbox/AP`` -> ``bbox``); a panel holds at most 6, of
-    magnitudes within a factor of ~30 of each other (AP in % and recall in [0, 1] do not share)."""
+    magnitudes within a factor of ~30 of each other (AP in % and recall in [0, 1] do not share),
+    and its title names them (``validation_panel_title``)."""
     tasks: Dict[str, List[str]] = defaultdict(list)
     for name in names:
-        tasks[name.rsplit("/", 1)[0] if "/" in name else "metrics"].append(name)
+        tasks[name.rsplit("/", 1)[0] if "/" in name else ""].append(name)
     panels = []
     for task, members in tasks.items():
         chunks: List[List[str]] = []
@@ -176,12 +187,12 @@ def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List
                 scale.append(magnitude)
             else:
                 chunks[home].append(name)
-        for number, chunk in enumerate(chunks):
-            panels.append((task if number == 0 else f"{task} ({number + 1})", chunk))
+        panels.extend((validation_panel_title(task, chunk), chunk) for chunk in chunks)
     return panels
 
 
-def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: List[Tuple[str, List[str]]]) -> Any:
+def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: List[Tuple[str, List[str]]],
+                      notes: Sequence[Optional[str]] = ()) -> Any:
     """Validation metrics over training, a marker at each evaluation. One table: a panel per
     task, a colour per metric. Several: a panel per metric, a colour per run, one legend."""
     figure, axes, bottoms = panel_grid(len(panels))
@@ -203,7 +214,7 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
             axis_legend(ax)
     if not single:
         outside_legend(figure, axes)
-    return finish(figure, bottoms, tables, options, "validation")
+    return finish(figure, bottoms, tables, options, "validation", notes)
 
 
 def _training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional[Tuple[float, float]]:
@@ -217,25 +228,17 @@ def _training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional
     return (min(ends), max(ends)) if ends else None
 
 
-def _train_val_pairs(tables: Sequence[LogTable]) -> List[str]:
-    """Loss names logged for both training and validation: the totals if any, else up to four
-    components (the component figures show the rest)."""
-    common = [n for n in tables[0].train if any(n in t.val for t in tables) and "loss" in n]
-    parts = parse_keys(common)
-    keep = [n for n in common if parts[n].layer is None and not parts[n].unscaled and parts[n].split is None]
-    totals = [n for n in TOTAL_LOSS_NAMES if n in keep]
-    return totals or keep[:4]
-
-
 def _main_train_loss(table: LogTable) -> Optional[str]:
     return next((n for n in TOTAL_LOSS_NAMES if n in table.train), next((n for n in table.train if "loss" in n), None))
 
 
-def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
-    """Train loss (band + smoothed) against validation loss (markers), and below it the
-    generalization gap ``val - smoothed train`` at each evaluation. Without validation loss: the
-    train loss alone, with a note saying so."""
-    pairs = _train_val_pairs(tables)
+def train_val_figure(tables: Sequence[LogTable], options: PlotOptions, notes: Sequence[Optional[str]] = ()) -> Any:
+    """Train loss (band + smoothed) against validation loss (markers) for each comparison of
+    ``train_val_pairs``, and below it the generalization gap ``val - smoothed train`` at each
+    evaluation where the two compare like with like; each comparison's note goes under the
+    panels. Without validation loss: the train loss alone, with a note saying so."""
+    pairs = train_val_pairs(tables)
+    single = len(tables) == 1
     if not pairs:
         main = _main_train_loss(tables[0])
         figure, axes = grid(1, 1, panel_width=4.2, panel_height=2.4)
@@ -243,19 +246,20 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
         for index, table in enumerate(tables):
             name = _main_train_loss(table) if main is None else main
             if name and name in table.train:
-                single = len(tables) == 1
                 curve(ax, table, table.train[name], options, color=run_color(index), band=single,
                        label=f"train {name}" if single else run_label(table, index))
         ax.set_title(f"train {main or 'loss'} (no validation loss logged)")
         loss_axis(ax, options)
         axis_legend(ax)
-        return finish(figure, [ax], tables, options, "train vs validation loss")
-    figure, axes = grid(2, len(pairs), panel_width=4.2 if len(pairs) == 1 else None, panel_height=1.7)
-    for column, name in enumerate(pairs):
-        top, bottom = axes[0, column], axes[1, column]
+        return finish(figure, [ax], tables, options, "train vs validation loss", notes)
+    rows = 2 if any(pair.gap for pair in pairs) else 1
+    figure, axes = grid(rows, len(pairs), panel_width=4.2 if len(pairs) == 1 else None, panel_height=1.7)
+    lowest, gap_axes = [], []
+    for column, pair in enumerate(pairs):
+        top = axes[0, column]
+        bottom = axes[1, column] if pair.gap else None
         for index, table in enumerate(tables):
-            single = len(tables) == 1
-            train, val = table.train.get(name), table.val.get(name)
+            train, val = pair.train(table), pair.val(table)
             color_train = RUN_COLORS[0] if single else run_color(index)
             color_val = RUN_COLORS[1] if single else run_color(index)
             prefix = "" if single else f"{run_label(table, index)}: "
@@ -263,56 +267,109 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions) -> Any:
                 curve(top, table, train, options, color=color_train, label=f"{prefix}train", band=single)
             if val is not None:
                 points(top, table, val, options, color=color_val, label=f"{prefix}validation", style="--")
-            if train is not None and val is not None and len(train):
-                smoothed = smooth(train.values, options.smooth)
-                finite = np.isfinite(smoothed)
-                if finite.any():
-                    at_val = np.interp(val.steps, train.steps[finite], smoothed[finite])
-                    gap = Series(val.steps, val.values - at_val)
-                    points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
-        bottom.axhline(0.0, color="0.4", linewidth=0.7)
-        top.set_title(f"{name}: train vs validation")
-        bottom.set_title("generalization gap (val − smoothed train)")
+            gap = generalization_gap(train, val, options) if bottom is not None and train is not None and val is not None else None
+            if gap is not None:
+                points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
+        title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
+        top.set_title(title if len(title) <= TITLE_CHARS else pair.name)
         loss_axis(top, options)
+        if bottom is None:
+            if rows == 2:
+                axes[1, column].set_visible(False)
+            lowest.append(top)
+            continue
+        bottom.axhline(0.0, color="0.4", linewidth=0.7)
+        bottom.set_title("generalization gap (val − smoothed train)")
+        lowest.append(bottom)
+        gap_axes.append(bottom)
     axis_legend(axes[0, -1])
-    axis_legend(axes[1, -1])
-    return finish(figure, list(axes[1]), tables, options, "train vs validation loss")
+    if gap_axes and gap_axes[-1] is axes[-1, -1]:  # a legend between columns would push them apart
+        axis_legend(gap_axes[-1])
+    return finish(figure, lowest, tables, options, "train vs validation loss", [pair.note for pair in pairs] + list(notes))
 
 
-def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[FigureSpec]:
-    """The figures ``tables`` call for, in a fixed order; each built only when asked."""
-    train_names = list(dict.fromkeys(n for t in tables for n in t.train))
+def _train_groups(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]]) -> Dict[str, List[Series]]:
+    """Every series each base's panel would draw (all its layers, every table)."""
+    return {base: [t.train[p.key] for p in parts for t in tables if p.key in t.train] for base, parts in bases.items()}
+
+
+def _drop_constant(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]]) -> Tuple[Dict[str, List[KeyParts]], Optional[str]]:
+    """``bases`` without the ones whose series never change, and a note naming those."""
+    varying, constant = split_constant(_train_groups(tables, bases))
+    return {base: bases[base] for base in varying}, constant_note(constant, f"logged {tables[0].step_unit}")
+
+
+def generalization_gap(train: Series, val: Series, options: PlotOptions) -> Optional[Series]:
+    """``val - smoothed train`` at each evaluation step (None when train has no finite point)."""
+    smoothed = smooth(train.values, options.smooth)
+    finite = np.isfinite(smoothed)
+    if not len(train) or not finite.any():
+        return None
+    return Series(val.steps, val.values - np.interp(val.steps, train.steps[finite], smoothed[finite]))
+
+
+def validation_metrics(tables: Sequence[LogTable]) -> List[str]:
+    """Validation metrics worth a panel: not losses, not aux layers, not a DETR ``_unscaled``
+    copy of a logged metric, and finite somewhere."""
     val_names = list(dict.fromkeys(n for t in tables for n in t.val))
-    groups = group_keys(train_names)
-    specs: List[FigureSpec] = []
-    if groups.total or "lr" in train_names or "time" in train_names:
-        specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total), panels=3))
-    for family, bases in groups.loss_families.items():
-        chunks = _chunks(list(bases.items()), _PANELS_PER_FIGURE)
-        for number, chunk in enumerate(chunks):
-            name = f"losses_{family}" + (f"_{number + 1}" if number else "")
-            what = "losses" if family == "loss" else f"{family} losses"
-            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), what, True), len(chunk)))
-    for number, chunk in enumerate(_chunks(list(groups.other_bases.items()), _PANELS_PER_FIGURE)):
-        if chunk:
-            name = "metrics" + (f"_{number + 1}" if number else "")
-            specs.append(FigureSpec(name, _bind(family_figure, tables, options, dict(chunk), "other training scalars", False), len(chunk)))
-    if groups.split_bases:
-        specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases), len(groups.split_bases)))
     val_parts = parse_keys(val_names)
     metrics = [n for n in val_names if "loss" not in n and val_parts[n].layer is None
                and not (val_parts[n].unscaled and n[: -len("_unscaled")] in val_names)]
-    metrics = [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+    return [n for n in metrics if any(n in t.val and np.isfinite(t.val[n].values).any() for t in tables)]
+
+
+def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[FigureSpec]:
+    """The figures ``tables`` call for, in a fixed order; each built only when asked.
+
+    Series that never change (``presentation.constant_value``) get no panel: a note on the
+    figure they belong to names them and their value; when that leaves the figure without
+    panels, the note goes on the overview (else on the train-vs-validation figure)."""
+    train_names = list(dict.fromkeys(n for t in tables for n in t.train))
+    groups = group_keys(train_names)
+    specs: List[FigureSpec] = []
+    orphans: List[str] = []  # notes of figures left without panels; filled before any figure is built
+    if groups.total or "lr" in train_names or "time" in train_names:
+        specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total, orphans), panels=3))
+    for family, family_bases in groups.loss_families.items():
+        bases, note = _drop_constant(tables, family_bases)
+        what = "losses" if family == "loss" else f"{family} losses"
+        _add_panel_figures(specs, orphans, f"losses_{family}", list(bases.items()), note,
+                           lambda chunk, notes, what=what: family_figure(tables, options, dict(chunk), what, True, notes))
+    bases, note = _drop_constant(tables, groups.other_bases)
+    _add_panel_figures(specs, orphans, "metrics", list(bases.items()), note,
+                       lambda chunk, notes: family_figure(tables, options, dict(chunk), "other training scalars", False, notes))
+    if groups.split_bases:
+        specs.append(FigureSpec("real_vs_synthetic", lambda: split_figure(tables, options, groups.split_bases), len(groups.split_bases)))
+    metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in validation_metrics(tables)})
+    note = constant_note(constant, "evaluation")
     if len(tables) == 1:
-        panel_chunks = [_validation_panels(tables, metrics)] if metrics else []
+        panels = _validation_panels(tables, metrics)
+        _add_panel_figures(specs, orphans, "validation", panels, note,
+                           lambda chunk, notes: validation_figure(tables, options, chunk, notes), per_figure=len(panels) or 1)
     else:  # runs compared: a panel per metric, so that the legend only names runs
-        panel_chunks = _chunks([(name, [name]) for name in metrics], _PANELS_PER_FIGURE) if metrics else []
-    for number, panels in enumerate(panel_chunks):
-        name = "validation" + (f"_{number + 1}" if number else "")
-        specs.append(FigureSpec(name, _bind(validation_figure, tables, options, panels), len(panels)))
+        _add_panel_figures(specs, orphans, "validation", [(with_unit(n, [n]), [n]) for n in metrics], note,
+                           lambda chunk, notes: validation_figure(tables, options, chunk, notes))
     if any(_main_train_loss(t) for t in tables):
-        specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options), panels=2))
+        homeless = orphans if not specs or specs[0].name != "overview" else []
+        specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options, homeless), panels=2))
+    if has_ranks(tables):
+        specs.append(FigureSpec("ranks", lambda: ranks_figure(tables, options), panels=3))
     return specs
+
+
+def _add_panel_figures(specs: List[FigureSpec], orphans: List[str], stem: str, panels: List[Any], note: Optional[str],
+                       build: Callable[[List[Any], List[str]], Any], per_figure: int = _PANELS_PER_FIGURE) -> None:
+    """Figures ``stem``, ``stem_2``... of ``per_figure`` panels each, ``note`` on the last one;
+    without panels, ``note`` joins ``orphans``."""
+    if not panels:
+        if note:
+            orphans.append(note)
+        return
+    chunks = _chunks(panels, per_figure)
+    for number, chunk in enumerate(chunks):
+        notes = [note] if note and number == len(chunks) - 1 else []
+        name = stem + (f"_{number + 1}" if number else "")
+        specs.append(FigureSpec(name, _bind(build, chunk, notes), len(chunk)))
 
 
 def _bind(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:

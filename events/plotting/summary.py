@@ -4,14 +4,18 @@ best validation metric; printed, and saved as summary.csv and summary.md.
 Definitions (all on finite points; NaN/inf are counted in ``non_finite``):
 
 * ``change`` = final - initial; ``change_pct`` = 100 * change / |initial|.
-* last window = the last ``max(5, 10%)`` points; ``last_window_cv`` = std / |mean| there;
-  ``converged`` when it is below 5% (None with fewer than 10 points).
+* last window = the last 10% of the points, at least 10; ``last_window_cv`` = std / |mean| there;
+  ``converged`` when it is below 5%, None ("too few points") for a series of fewer than 50 points,
+  where the window would be more than the last fifth of the run (a demo logging 20 points).
 * spikes: points farther than ``k`` = 8 MADs from the running median of 9 points (MAD of the
   residuals per window of 5% of the points, at least 25, and at least 5% of the local level).
-* ``slope``: least-squares slope of the smoothed curve over the last window, per step.
+* ``slope``: least-squares slope of the smoothed curve over the last window, per step; 0 when the
+  change it implies over the window is float noise (below 1e-9 of the values' size).
 * validation keys: ``best`` is the max (min for names with loss/error) and ``best_step`` its step.
 * overfitting: over the second half of the evaluations (>= 3 points), the validation loss trends
-  up while the smoothed train loss trends down.
+  up while the smoothed train loss trends down; the losses compared are the first like-with-like
+  pair of ``train_val.train_val_pairs`` (a run mixing synthetic samples: its real-scene terms).
+* bookkeeping that is no training metric (``eta_seconds``) is left out.
 """
 from __future__ import annotations
 
@@ -26,19 +30,25 @@ import numpy as np
 
 from events.readers.table import LogTable, Series
 
-from .families import TOTAL_LOSS_NAMES
+from .presentation import is_bookkeeping
+from .ranks import rank_headline
 from .smoothing import SmoothSpec, smooth
+from .train_val import train_val_pairs
 
-__all__ = ["KeySummary", "OverfitCheck", "RunSummary", "summarize", "write_summary", "format_summary", "count_spikes"]
+__all__ = ["KeySummary", "OverfitCheck", "RunSummary", "summarize", "write_summary", "format_summary", "count_spikes",
+           "convergence_text"]
 
 CONVERGED_CV = 0.05
+WINDOW_POINTS = 10  # the fewest points a last-window CV is taken over
+VERDICT_POINTS = 50  # the fewest points a convergence verdict is given for
+TOO_FEW_POINTS = "too few points"
 SPIKE_MADS = 8.0
 MAD_FLOOR = 0.05  # of the local level: a smooth curve's wiggles and steps are not spikes
 _CSV_COLUMNS = (
     "run", "split", "key", "points", "non_finite", "initial", "final", "min", "max", "mean", "std", "change",
     "change_pct", "last_window_cv", "converged", "spikes", "first_spike_step", "slope", "best", "best_step",
 )
-_TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
+TABLE_COLUMNS = ("split", "key", "final", "min", "change_pct", "last_window_cv", "converged", "spikes", "slope", "best", "best_step")
 # Validation metrics worth a headline line: the main AP / mAP, recalls, the validation loss.
 _HEADLINE_METRIC = re.compile(r"(?:^|/)(?:AP|mAP|bbox_mAP|segm_mAP|SGMeanRecall@\d+|SGRecall@\d+|mIoU|PQ|total_loss|loss)$")
 
@@ -95,6 +105,7 @@ class RunSummary:
     keys: List[KeySummary] = field(default_factory=list)
     overfit: Optional[OverfitCheck] = None
     skipped: Optional[str] = None
+    straggler: Optional[str] = None  # the per-rank line (events/plotting/ranks.py)
 
 
 # Paeth's median-of-9 exchange network (as in Devillard's opt_med9): after these 19
@@ -146,7 +157,13 @@ def _slope(steps: np.ndarray, values: np.ndarray) -> float:
     finite = np.isfinite(values)
     if finite.sum() < 2 or np.ptp(steps[finite]) == 0:
         return math.nan
-    return float(np.polyfit(steps[finite], values[finite], 1)[0])
+    x, y = steps[finite], values[finite]
+    try:
+        slope = float(np.polyfit(x, y, 1)[0])
+    except np.linalg.LinAlgError:  # values near the float limit overflow inside the fit: no trend to tell
+        return math.nan
+    # A flat curve fits a slope of float noise (-8e-18), which would print as a trend.
+    return 0.0 if abs(slope) * np.ptp(x) <= 1e-9 * float(np.abs(y).max()) else slope
 
 
 def _key_summary(split: str, name: str, series: Series, spec: SmoothSpec) -> Optional[KeySummary]:
@@ -157,11 +174,11 @@ def _key_summary(split: str, name: str, series: Series, spec: SmoothSpec) -> Opt
         return None
     initial, final = float(y[0]), float(y[-1])
     change = final - initial
-    window = max(5, math.ceil(0.1 * len(y)))
+    window = max(WINDOW_POINTS, math.ceil(0.1 * len(y)))
     tail = y[-window:]
     mean_tail = float(np.mean(tail))
     cv = float(np.std(tail) / abs(mean_tail)) if mean_tail != 0 else math.nan
-    converged = bool(cv < CONVERGED_CV) if len(y) >= 10 and math.isfinite(cv) else None
+    converged = bool(cv < CONVERGED_CV) if len(y) >= VERDICT_POINTS and math.isfinite(cv) else None
     spike_mask, spikes = count_spikes(y)
     smoothed = smooth(y, spec)
     summary = KeySummary(
@@ -190,11 +207,11 @@ def _key_summary(split: str, name: str, series: Series, spec: SmoothSpec) -> Opt
 
 
 def _overfit_check(table: LogTable, spec: SmoothSpec) -> Optional[OverfitCheck]:
-    common = [n for n in table.train if n in table.val and "loss" in n]
-    name = next((n for n in TOTAL_LOSS_NAMES if n in common), common[0] if common else None)
-    if name is None:
+    pair = next((pair for pair in train_val_pairs([table]) if pair.gap), None)
+    train, val = (pair.train(table), pair.val(table)) if pair else (None, None)
+    if train is None or val is None:
         return None
-    train, val = table.train[name], table.val[name]
+    name = pair.name
     val_finite = np.isfinite(val.values)
     val_steps, val_values = val.steps[val_finite], val.values[val_finite]
     if len(val_values) < 3:
@@ -237,10 +254,13 @@ def summarize(table: LogTable, spec: SmoothSpec = SmoothSpec()) -> RunSummary:
     )
     for split, group in (("train", table.train), ("val", table.val)):
         for name, series in group.items():
+            if is_bookkeeping(name):
+                continue
             key_summary = _key_summary(split, name, series, spec)
             if key_summary is not None:
                 summary.keys.append(key_summary)
     summary.overfit = _overfit_check(table, spec)
+    summary.straggler = rank_headline(table)
     return summary
 
 
@@ -254,6 +274,18 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def convergence_text(key: KeySummary) -> str:
+    """The ``converged`` cell: yes, no, "too few points" (no verdict for a short series), or
+    empty when the last window's CV is undefined (its mean is 0)."""
+    if key.converged is not None:
+        return _cell(key.converged)
+    return TOO_FEW_POINTS if key.points - key.non_finite < VERDICT_POINTS else ""
+
+
+_CONVERGENCE_RULE = (f"converged: CV of the last 10% of the points (at least {WINDOW_POINTS}) below {CONVERGED_CV:.0%}; "
+                     f"a series of fewer than {VERDICT_POINTS} points gets no verdict ({TOO_FEW_POINTS})")
+
+
 def _fixed(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
 
@@ -263,7 +295,7 @@ def _rows(summaries: Sequence[RunSummary]) -> List[Dict[str, str]]:
     for run in summaries:
         for key in run.keys:
             row = {"run": run.label, **asdict(key)}
-            rows.append({column: _cell(row[column]) for column in _CSV_COLUMNS})
+            rows.append({column: _cell(row[column]) for column in _CSV_COLUMNS} | {"converged": convergence_text(key)})
     return rows
 
 
@@ -285,6 +317,8 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
         lines.append(f"best validation {key.key}: {key.best:.4g} at {run.step_unit} {key.best_step:g}")
     if len(best) > max_best:
         lines.append(f"best of {len(best)} validation metrics: see the best / best_step columns")
+    if run.straggler:
+        lines.append(run.straggler)
     if run.skipped and with_skipped:
         lines.append(run.skipped)
     return lines
@@ -292,10 +326,17 @@ def _headline(run: RunSummary, max_best: int = 6, with_skipped: bool = True) -> 
 
 
 
+def table_cells(key: KeySummary) -> List[str]:
+    """The cells of ``key``'s row in summary.md's table (and report.html's), in ``TABLE_COLUMNS`` order."""
+    return [convergence_text(key) if column == "converged" else _cell(getattr(key, column)) for column in TABLE_COLUMNS]
+
+
 def _markdown_table(keys: Sequence[KeySummary]) -> List[str]:
-    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "---|" * len(_TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for key in keys:
-        lines.append("| " + " | ".join(_cell(getattr(key, column)) for column in _TABLE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(table_cells(key)) + " |")
+    if any(convergence_text(key) == TOO_FEW_POINTS for key in keys):
+        lines += ["", _CONVERGENCE_RULE + "."]
     return lines
 
 
@@ -332,8 +373,10 @@ def format_summary(run: RunSummary, max_rows: int = 30) -> str:
     for name, k in zip(names, keys):
         lines.append(
             f"  {name:<{width}}  {_cell(k.final):>10} {_cell(k.min):>10} {_fixed(k.change_pct, 1):>8} "
-            f"{_fixed(k.last_window_cv, 3):>7} {_cell(k.converged):>4} {k.spikes:>6}"
+            f"{_fixed(k.last_window_cv, 3):>7} {convergence_text(k).replace(TOO_FEW_POINTS, 'few'):>4} {k.spikes:>6}"
         )
+    if any(convergence_text(k) == TOO_FEW_POINTS for k in keys):
+        lines.append(f"  conv few = {_CONVERGENCE_RULE.split('; ')[1]}")
     if len(keys) < len(run.keys):
         lines.append(f"  ... {len(run.keys) - len(keys)} more keys in summary.md / summary.csv")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Read any training log into one ``LogTable`` per run, without importing torch.
 
 Formats are recognised from content: detectron2 log.txt (file and console prefixes) and
-metrics.json, DETR log.txt, MMDetection 2.x ``*.log.json``, MMEngine ``scalars.json``, JSONL and
-CSV metric files, TensorBoard event files. Damaged lines are counted in ``LogTable.skipped``;
-only a file that cannot be opened, is empty or holds no record at all raises ``LogReadError``.
+metrics.json, DETR log.txt, MMDetection 2.x ``*.log.json``, MMEngine ``scalars.json`` and text
+log (``Epoch(train) [1][5/21]``), JSONL and CSV metric files (PyTorch Lightning's ``CSVLogger``
+included), TensorBoard event files. Damaged lines (and records whose step is not a
+finite number below 2**53) are counted in ``LogTable.skipped``; only a file that cannot be
+opened, is empty or holds no record at all raises ``LogReadError``.
 
     >>> table = read_log("outputs/demo/metrics.json")          # the last run in the file
     >>> table.train["total_loss"].values[-1], table.val.keys()
@@ -22,6 +24,7 @@ from .detectron2_log import collect_detectron2_log
 from .discover import LogFile, best_log_in, find_logs, log_label
 from .json_formats import JSON_FORMATS, collect_json, stepped_key
 from .json_lines import decode_json_lines
+from .mmengine_log import collect_mmengine_log
 from .streaming import STREAMED_FORMATS, collect_stepped_file
 from .table import X_AXES, LogTable, RunInfo, Series, SkippedLines
 from .tensorboard_events import TensorBoardMissing, read_tensorboard
@@ -31,6 +34,7 @@ __all__ = [
     "read_runs",
     "select_run",
     "sniff_format",
+    "sniff_file",
     "find_logs",
     "best_log_in",
     "LogReadError",
@@ -50,6 +54,7 @@ _FORMAT_NAMES = {
     "detr-log": "a DETR log.txt",
     "mmdet-json": "an MMDetection .log.json",
     "mmengine-scalars": "an MMEngine scalars.json",
+    "mmengine-log": "an MMEngine text log",
     "jsonl": "a JSON-lines metric file",
     "csv": "a CSV metric file",
     "tensorboard": "a TensorBoard event file",
@@ -64,7 +69,7 @@ def _resolve(path: str) -> str:
     if os.path.isdir(path):
         found = best_log_in(path)
         if found is None:
-            raise LogReadError(f"{path}: no training log in this folder (looked for metrics.json, log.txt, *.log.json, scalars.json, *.jsonl, *.csv, TensorBoard events)")
+            raise LogReadError(f"{path}: no training log in this folder (looked for metrics.json, log.txt, *.log.json, scalars.json, *.jsonl, *.log, *.csv, TensorBoard events)")
         # Several TensorBoard files in one folder are one run written in pieces: read the folder.
         return path if os.path.basename(found).startswith("events.out.tfevents.") else found
     return path
@@ -74,16 +79,32 @@ _HEAD_BYTES = 1 << 20
 
 
 def _read_head(path: str) -> Tuple[bytes, int]:
-    """``(the first MiB and a byte, the file's size)``: enough to tell the format."""
+    """``(the first MiB and a byte, the file's size)``: enough to tell the format. When that
+    holds no newline, the head runs on to the end of the first line (a metrics.json record
+    can be longer than a MiB: one with per-class metrics of a large label set)."""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             head = handle.read(_HEAD_BYTES + 1)
+            if len(head) > _HEAD_BYTES and b"\n" not in head:
+                head += handle.readline()
     except OSError as error:
         raise LogReadError(f"{path}: cannot read: {error.strerror or error}") from None
     if not head or (len(head) <= _HEAD_BYTES and head.isspace()):
         raise LogReadError(f"{path}: the file is empty")
     return head, max(size, len(head))
+
+
+def sniff_file(path: str) -> str:
+    """The format ``read_runs`` reads ``path`` as (one of ``FORMATS``; ``"tensorboard"`` for an
+    event file or a folder of them), from the same head it would read.
+
+    Raises:
+        LogReadError: the file is missing, unreadable or empty.
+    """
+    if os.path.isdir(path) or os.path.basename(path).startswith("events.out.tfevents."):
+        return "tensorboard"
+    return sniff_format(_read_head(path)[0])
 
 
 def _read_bytes(path: str) -> bytes:
@@ -114,7 +135,9 @@ def _collect(path: str, head: bytes, size: int, fmt: str, skipped: SkippedLines,
         numbers, records, _ = decode_json_lines(data, skipped)
         return collect_json(fmt, numbers, records, skipped)
     lines = data.decode("utf-8", errors="replace").split("\n")
-    return collect_csv(lines, skipped) if fmt == "csv" else collect_detectron2_log(lines, skipped)
+    if fmt == "csv":
+        return collect_csv(lines, skipped)
+    return collect_mmengine_log(lines, skipped) if fmt == "mmengine-log" else collect_detectron2_log(lines, skipped)
 
 
 def read_runs(path: Union[str, "os.PathLike[str]"], jobs: int = 1) -> List[LogTable]:

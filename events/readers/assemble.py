@@ -22,7 +22,7 @@ import numpy as np
 
 from .keys import AXIS, META, TRAIN, VAL, classify_key
 from .table import LogTable, RunInfo, Series, SkippedLines
-from .values import parse_number
+from .values import MAX_STEP, json_number, parse_number
 
 __all__ = ["RecordCollector", "Collected", "assemble_runs", "coerce_record", "make_series", "merge_collected"]
 
@@ -45,25 +45,33 @@ class Collected:
     step_unit: str = "iteration"
 
 
-def coerce_record(record: Mapping[str, object], prefix: str = "") -> Dict[str, float]:
+# Lists and dicts nested deeper than this are no metric anyone logs (COCO stats nest 2 deep):
+# they are dropped rather than flattened, which also bounds the recursion on hostile input.
+_MAX_NESTING = 8
+
+
+def coerce_record(record: Mapping[str, object], prefix: str = "", depth: int = 0) -> Dict[str, float]:
     """``record`` with only numbers: text parsed (``N/A`` dropped), lists and dicts flattened.
 
     A list ``x = [a, b]`` becomes ``x[0]``, ``x[1]`` (brackets, not ``_0``: those would read as
-    decoder layers); a dict ``x = {"AP": a}`` becomes ``x/AP``. Booleans count as 0/1.
+    decoder layers); a dict ``x = {"AP": a}`` becomes ``x/AP``. Booleans count as 0/1; an
+    integer too large for a float counts as +-inf.
     """
     out: Dict[str, float] = {}
     for name, value in record.items():
         key = prefix + str(name)
         if isinstance(value, (int, float)):
-            out[key] = float(value)
+            out[key] = json_number(int(value) if isinstance(value, bool) else value)
         elif isinstance(value, str):
             number = parse_number(value)
             if number is not None:
                 out[key] = number
+        elif depth >= _MAX_NESTING:
+            continue
         elif isinstance(value, Mapping):
-            out.update(coerce_record(value, prefix=key + "/"))
+            out.update(coerce_record(value, prefix=key + "/", depth=depth + 1))
         elif isinstance(value, (list, tuple)):
-            out.update(coerce_record({f"[{i}]": v for i, v in enumerate(value)}, prefix=key))
+            out.update(coerce_record({f"[{i}]": v for i, v in enumerate(value)}, prefix=key, depth=depth + 1))
     return out
 
 
@@ -126,7 +134,7 @@ class RecordCollector:
             flat = itertools.chain.from_iterable(map(dict.values, records))
             values = np.fromiter(flat, dtype=np.float64, count=len(records) * len(names))
             self._blocks.append(_Block(names, values.reshape(len(records), len(names)), first))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
             self._add_coerced(records, first)
 
     def _add_coerced(self, records: Sequence[Mapping[str, object]], first: int) -> None:
@@ -152,9 +160,13 @@ class RecordCollector:
     def finish(self, step_unit: str = "iteration") -> Collected:
         self._flush()
         self._pending_names = None
+        try:
+            steps = np.asarray(self._steps, dtype=np.float64)
+        except OverflowError:  # an integer step too large for a float: +-inf, dropped by assemble_runs
+            steps = np.asarray([json_number(step) for step in self._steps], dtype=np.float64)
         return Collected(
             blocks=self._blocks,
-            steps=np.asarray(self._steps, dtype=np.float64),
+            steps=steps,
             lines=np.asarray(self._lines, dtype=np.int64),
             declared_starts=dict(self._declared),
             step_unit=step_unit,
@@ -262,6 +274,11 @@ def make_series(steps: np.ndarray, values: np.ndarray) -> Series:
     return Series(np.ascontiguousarray(steps), np.ascontiguousarray(values))
 
 
+def _finite_points(series: Series) -> Series:
+    keep = np.isfinite(series.values)
+    return Series(series.steps[keep], series.values[keep])
+
+
 def _time_axis(train: Dict[str, Series], axes: Dict[str, Series]) -> None:
     """Seconds since the run began: from wall time, else from the per-iteration ``time``."""
     if "time" in axes:
@@ -276,8 +293,41 @@ def _time_axis(train: Dict[str, Series], axes: Dict[str, Series]) -> None:
     axes["time"] = Series(per_step.steps, np.cumsum(seconds * step_gaps))
 
 
+def _drop_records(collected: Collected, drop: np.ndarray) -> Collected:
+    """``collected`` without the records where ``drop`` [records] is True. A declared run
+    start on a dropped record moves to the next record kept."""
+    kept_before = np.concatenate([[0], np.cumsum(~drop)])  # [records + 1]: kept records before each index
+    blocks = []
+    for block in collected.blocks:
+        rows = ~drop[block.first: block.first + block.values.shape[0]]
+        if rows.any():
+            blocks.append(_Block(block.names, block.values[rows], int(kept_before[block.first])))
+    return Collected(
+        blocks=blocks,
+        steps=collected.steps[~drop],
+        lines=collected.lines[~drop],
+        declared_starts={int(kept_before[index]): step for index, step in collected.declared_starts.items()},
+        step_unit=collected.step_unit,
+    )
+
+
+def _without_unusable_steps(collected: Collected, skipped: SkippedLines) -> Collected:
+    """Records whose step is NaN, infinite or beyond ``MAX_STEP`` are skipped lines, not points."""
+    steps = collected.steps
+    if np.all(np.abs(steps) <= MAX_STEP):  # one vectorised pass; NaN fails it too
+        return collected
+    bad = ~(np.abs(steps) <= MAX_STEP)
+    for line, step in zip(collected.lines[bad].tolist(), steps[bad].tolist()):
+        skipped.add_line(line, f"step {step:g} is not a usable {collected.step_unit}")
+    return _drop_records(collected, bad)
+
+
 def assemble_runs(collected: Collected, source: str, fmt: str, skipped: SkippedLines) -> List[LogTable]:
-    """One LogTable per run found in ``collected`` (see the module docstring for the rules)."""
+    """One LogTable per run found in ``collected`` (see the module docstring for the rules).
+
+    Records whose step is not finite or beyond ``MAX_STEP`` are counted in ``skipped`` and left out.
+    """
+    collected = _without_unusable_steps(collected, skipped)
     names = _display_names(collected.blocks)
     count = len(collected.steps)
     if count == 0:
@@ -312,7 +362,10 @@ def assemble_runs(collected: Collected, source: str, fmt: str, skipped: SkippedL
             steps = np.concatenate([p[0] for p in pieces])
             values = np.concatenate([p[1] for p in pieces])
             groups[kind][display] = make_series(steps, values)
-        axes = groups[AXIS]
+        # An x axis maps steps to epochs or seconds by interpolation: a NaN or inf in it (a damaged
+        # record) would spread to every point drawn against it.
+        axes = {name: series if np.all(np.isfinite(series.values)) else _finite_points(series)
+                for name, series in groups[AXIS].items()}
         if collected.step_unit == "epoch":
             epochs = np.unique(collected.steps[selected])
             axes["epoch"] = Series(epochs, epochs.copy())

@@ -12,7 +12,10 @@ from .values import clean_line
 __all__ = ["sniff_format", "TEXT_FORMAT", "FORMATS"]
 
 TEXT_FORMAT = "detectron2-log"
-FORMATS = ("tensorboard", "detectron2-metrics", "detr-log", "mmdet-json", "mmengine-scalars", "jsonl", "csv", TEXT_FORMAT)
+FORMATS = ("tensorboard", "detectron2-metrics", "detr-log", "mmdet-json", "mmengine-scalars", "jsonl", "csv",
+           "mmengine-log", TEXT_FORMAT)
+# Every line MMEngine's logger writes to its .log file (and console) carries its name.
+_MMENGINE_MARK = b" - mmengine - "
 
 _HEAD_BYTES = 1 << 20
 _HEAD_LINES = 200
@@ -27,13 +30,16 @@ def sniff_format(data: bytes) -> str:
     """One of ``FORMATS`` for a file whose content starts with ``data``.
 
     JSON lines win when at least half of the first non-empty lines start with ``{``; a header of
-    names over a row of numbers is CSV; anything else is read as a detectron2-style text log.
+    names over a row of numbers is CSV; a text log written by MMEngine's logger is an MMEngine log;
+    anything else is read as a detectron2-style text log.
     """
     if _is_tensorboard(data):
         return "tensorboard"
     head = data[:_HEAD_BYTES]
-    if len(data) > _HEAD_BYTES:
-        head = head[: head.rfind(b"\n") + 1] or head
+    if len(data) > _HEAD_BYTES:  # whole lines only, at least the first one however long
+        cut = head.rfind(b"\n")
+        cut = data.find(b"\n") if cut == -1 else cut
+        head = data[: cut + 1] if cut != -1 else head
     lines: List[str] = []
     for raw in head.decode("utf-8", errors="replace").split("\n"):
         line = clean_line(raw).lstrip("\ufeff").strip()
@@ -50,4 +56,4 @@ def sniff_format(data: bytes) -> str:
             return detect_json_format(records)
     if looks_like_csv_header(lines[0], lines[1] if len(lines) > 1 else None):
         return "csv"
-    return TEXT_FORMAT
+    return "mmengine-log" if _MMENGINE_MARK in head else TEXT_FORMAT

@@ -21,14 +21,14 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .assemble import Collected, RecordCollector
 from .keys import VAL, classify_key
 from .table import SkippedLines
 from .values import MISSING_TOKENS, clean_line, parse_number
 
-__all__ = ["collect_detectron2_log", "looks_like_event_line"]
+__all__ = ["collect_detectron2_log", "looks_like_event_line", "split_fields", "numeric_fields", "timestamp_seconds"]
 
 _ITER = re.compile(r"(?<![\w/.\[\]-])iter: *(\S*)")
 _ETA = re.compile(r"(?<!\S)eta: ")
@@ -45,7 +45,28 @@ def looks_like_event_line(line: str) -> bool:
     return "iter:" in line and any(hint in line for hint in _EVENT_HINTS) and _ITER.search(line) is not None
 
 
-def _timestamp(line: str) -> Optional[float]:
+def split_fields(line: str, start: int = 0) -> List[Tuple[str, str]]:
+    """``(name, text)`` of each ``name: value`` field of ``line`` from ``start`` on; a value runs
+    until the next ``name:``, so ``eta: 1 day, 16:43:35`` and uneven spacing read whole."""
+    fields = list(_FIELD.finditer(line, start))
+    return [(field.group(1), line[field.end(): following.start() if following else len(line)].strip())
+            for field, following in zip(fields, fields[1:] + [None])]
+
+
+def numeric_fields(fields: Iterable[Tuple[str, str]], number: int, skipped: SkippedLines) -> Dict[str, float]:
+    """The numbers of ``split_fields``' fields (``eta`` as ``eta_seconds``, as in metrics.json);
+    a value that is neither a number nor a "nothing logged" token is a skipped value of line ``number``."""
+    record: Dict[str, float] = {}
+    for name, text in fields:
+        value = parse_number(text)
+        if value is not None:
+            record["eta_seconds" if name == "eta" else name] = value
+        elif text.lower() not in MISSING_TOKENS:
+            skipped.add_value(number, f"{name}: {text[:40]!r} is not a number")
+    return record
+
+
+def timestamp_seconds(line: str) -> Optional[float]:
     """Seconds of the line's ``[MM/DD HH:MM:SS]`` prefix (year 2000 when absent: it only orders)."""
     match = _TIMESTAMP.match(line)
     if not match:
@@ -77,7 +98,7 @@ class _Reader:
             self.pending_eval, self.pending_line = {}, 0
 
     def wall_time(self, line: str) -> Optional[float]:
-        moment = _timestamp(line)
+        moment = timestamp_seconds(line)
         if moment is None:
             return None
         moment += self.year_offset
@@ -91,19 +112,11 @@ class _Reader:
         iteration = _ITER.search(line)
         eta = _ETA.search(line)
         start = min(iteration.start(), eta.start()) if eta else iteration.start()
-        fields = list(_FIELD.finditer(line, start))
-        record: Dict[str, float] = {}
-        step = None
-        for field, following in zip(fields, fields[1:] + [None]):
-            name = field.group(1)
-            text = line[field.end(): following.start() if following else len(line)].strip()
-            value = parse_number(text)
-            if name == "iter":
-                step = value if value is not None and value.is_integer() else None
-            elif value is not None:
-                record["eta_seconds" if name == "eta" else name] = value
-            elif text.lower() not in MISSING_TOKENS:
-                self.skipped.add_value(number, f"{name}: {text[:40]!r} is not a number")
+        fields = split_fields(line, start)
+        iteration_text = next((text for name, text in fields if name == "iter"), "")
+        record = numeric_fields((field for field in fields if field[0] != "iter"), number, self.skipped)
+        step = parse_number(iteration_text)
+        step = step if step is not None and step.is_integer() else None
         if step is None or not record:
             self.skipped.add_line(number, "event line without a readable iteration and values")
             return

@@ -17,6 +17,7 @@ LOG_PATTERNS = (
     "training_metrics.jsonl",
     "*.jsonl",
     "log.txt",
+    "*.log",  # MMEngine: <work_dir>/<timestamp>/<timestamp>.log
     "*.csv",
     "events.out.tfevents.*",
 )

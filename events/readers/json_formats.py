@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from .assemble import Collected, RecordCollector
 from .table import SkippedLines
+from .values import is_usable_step, json_number
 
 __all__ = ["detect_json_format", "collect_json", "collect_stepped", "step_key_of", "stepped_key", "JSON_FORMATS"]
 
@@ -102,29 +103,40 @@ def collect_stepped(numbers: List[int], records: List[Record], step_key: str, sk
 
 def _collect_detr(records: List[Tuple[int, Record]], skipped: SkippedLines, collector: RecordCollector) -> None:
     for index, (line, record) in enumerate(records):
-        epoch = record.pop("epoch", index)
-        if not isinstance(epoch, (int, float)):
+        epoch = json_number(record.pop("epoch", index))
+        if epoch is None:
             skipped.add_line(line, "epoch is not a number")
             continue
         for name, value in list(record.items()):
             if name.endswith(("coco_eval_bbox", "coco_eval_masks")) and isinstance(value, list) and len(value) == len(_COCO_STATS):
                 record[name] = dict(zip(_COCO_STATS, value))
-        collector.add(float(epoch), record, line)
+        collector.add(epoch, record, line)
 
 
-def _collect_mmdet(records: List[Tuple[int, Record]], collector: RecordCollector) -> None:
-    train = [(line, r) for line, r in records if r.get("mode") == "train" and "iter" in r]
-    # Iterations restart each epoch (EpochBasedRunner) unless they grow across epochs (IterBasedRunner).
-    per_epoch = any(b.get("iter", 0) < a.get("iter", 0) and b.get("epoch", 0) > a.get("epoch", 0) for (_, a), (_, b) in zip(train, train[1:]))
-    iters_per_epoch = max((float(r["iter"]) for _, r in train), default=1.0) if per_epoch else 0.0
-    last_train_step = 0.0
+def _mmdet_records(records: List[Tuple[int, Record]], skipped: SkippedLines) -> List[Tuple[int, Record, float, float]]:
+    """``(line, record, epoch, iter)`` of the train and val records; those whose epoch or iter
+    is not a finite number (below ``MAX_STEP``) are skipped lines (the env/config metadata line has no mode: ignored)."""
+    usable = []
     for line, record in records:
-        mode = record.get("mode")
-        epoch = record.get("epoch")
-        if mode not in ("train", "val") or not isinstance(epoch, (int, float)):
-            continue  # the env/config metadata line
-        if mode == "train":
-            inner = float(record.get("iter", 0))
+        if record.get("mode") not in ("train", "val"):
+            continue
+        epoch, inner = json_number(record.get("epoch")), json_number(record.get("iter", 0))
+        if not (is_usable_step(epoch) and is_usable_step(inner)):  # one absurd iter would scale every step
+            skipped.add_line(line, "'epoch' or 'iter' is not a usable number")
+            continue
+        usable.append((line, record, epoch, inner))
+    return usable
+
+
+def _collect_mmdet(records: List[Tuple[int, Record]], skipped: SkippedLines, collector: RecordCollector) -> None:
+    usable = _mmdet_records(records, skipped)
+    train = [(epoch, inner) for _, r, epoch, inner in usable if r["mode"] == "train" and "iter" in r]
+    # Iterations restart each epoch (EpochBasedRunner) unless they grow across epochs (IterBasedRunner).
+    iters_per_epoch = max((inner for _, inner in train), default=0.0)
+    per_epoch = iters_per_epoch > 0 and any(b[1] < a[1] and b[0] > a[0] for a, b in zip(train, train[1:]))
+    last_train_step = 0.0
+    for line, record, epoch, inner in usable:
+        if record["mode"] == "train":
             step = (epoch - 1) * iters_per_epoch + inner if per_epoch else inner
             values = {k: v for k, v in record.items() if k not in ("mode", "iter", "epoch")}
             values["epoch"] = (epoch - 1) + inner / iters_per_epoch if per_epoch else epoch
@@ -133,34 +145,39 @@ def _collect_mmdet(records: List[Tuple[int, Record]], collector: RecordCollector
             # A val record's "iter" is the size of the val set: place it at the end of its epoch.
             step = epoch * iters_per_epoch if per_epoch else last_train_step
             values = _as_val(record, drop=("iter", "lr"))
-        collector.add(float(step), values, line)
+        collector.add(step, values, line)
 
 
 def _collect_mmengine(records: List[Tuple[int, Record]], skipped: SkippedLines, collector: RecordCollector) -> None:
-    last_step_of_epoch: Dict[float, float] = {}
-    for _, record in records:
-        if "iter" in record and isinstance(record.get("epoch"), (int, float)):
-            step = float(record.get("step", record["iter"]))
-            last_step_of_epoch[record["epoch"]] = max(step, last_step_of_epoch.get(record["epoch"], step))
-    epochs = sorted(last_step_of_epoch)
+    steps = []
     for line, record in records:
-        step = record.pop("step", record.get("iter"))
-        if not isinstance(step, (int, float)):
-            skipped.add_line(line, "no numeric 'step'")
+        step = json_number(record.pop("step", record.get("iter")))
+        if not is_usable_step(step):  # a validation record would otherwise land at the first epoch's end
+            skipped.add_line(line, "no numeric 'step'" if step is None else f"step {step:g} is not a usable iteration")
+            step = None
+        steps.append(step)
+    last_step_of_epoch: Dict[float, float] = {}
+    for (_, record), step in zip(records, steps):
+        epoch = json_number(record.get("epoch"))
+        if "iter" in record and epoch is not None and step is not None:
+            last_step_of_epoch[epoch] = max(step, last_step_of_epoch.get(epoch, step))
+    epochs = sorted(last_step_of_epoch)
+    for (line, record), step in zip(records, steps):
+        if step is None:
             continue
         if "iter" in record:
             record.pop("iter")
-            collector.add(float(step), record, line)
+            collector.add(step, record, line)
             continue
         # Validation: with epoch-based training its step is the epoch just finished.
         if epochs:
             finished = [e for e in epochs if e <= step]
             epoch = finished[-1] if finished else epochs[0]
             values = _as_val(record)
-            values["epoch"] = float(step)
+            values["epoch"] = step
             collector.add(last_step_of_epoch[epoch], values, line)
         else:
-            collector.add(float(step), _as_val(record), line)
+            collector.add(step, _as_val(record), line)
 
 
 def collect_json(fmt: str, numbers: List[int], records: List[Record], skipped: SkippedLines,
@@ -175,7 +192,7 @@ def collect_json(fmt: str, numbers: List[int], records: List[Record], skipped: S
         _collect_detr(pairs, skipped, collector)
         return collector.finish(step_unit="epoch")
     if fmt == "mmdet-json":
-        _collect_mmdet(pairs, collector)
+        _collect_mmdet(pairs, skipped, collector)
         return collector.finish()
     if fmt == "mmengine-scalars":
         _collect_mmengine(pairs, skipped, collector)

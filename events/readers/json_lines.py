@@ -4,6 +4,7 @@ orjson is used when installed (several times faster on big metrics.json files); 
 library's json decodes what orjson refuses (bare ``NaN``/``Infinity`` tokens, which detectron2
 writes for missing COCO areas). A line that neither decodes is salvaged: ANSI codes or junk before
 the ``{``, garbage after the ``}``, or two records glued together when a crash lost a newline.
+A line nested too deeply for the decoders (``[`` repeated 100,000 times) is an unreadable line.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ try:  # optional speed-up, see the module docstring
 
     fast_loads: Callable[[bytes], object] = orjson.loads
     _FAST_ERRORS: Tuple[type, ...] = (orjson.JSONDecodeError,)
-except ImportError:  # pragma: no cover - exercised where orjson is absent
+except ImportError:  # exercised where orjson is absent (a test stands in for that)
     fast_loads = json.loads
-    _FAST_ERRORS = (ValueError,)
+    _FAST_ERRORS = (ValueError, RecursionError)
 
 _DECODER = json.JSONDecoder()
 Record = Dict[str, object]
@@ -38,6 +39,8 @@ def _salvage(line: bytes) -> List[Record]:
         except ValueError:
             position = text.find("{", position + 1)
             continue
+        except RecursionError:  # every later "{" of a deeply nested line would fail as slowly
+            break
         if isinstance(value, dict):
             found.append(value)
         position = text.find("{", end)
@@ -79,6 +82,9 @@ def decode_json_lines(data: bytes, skipped: SkippedLines, first_line: int = 1, d
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                skipped.add_line(number, "JSON nested too deeply")
+                continue
             except ValueError:  # includes UnicodeDecodeError
                 salvaged = _salvage(line)
                 if not salvaged:

@@ -29,6 +29,9 @@ _METRIC_NAME = re.compile(
     r"|^(?:mIoU|fwIoU|mACC|pACC|PQ|SQ|RQ)(?:_\w+)?$"
     r"|^\w*(?:Recall|Precision)(?:@\d+)?$"
 )
+# PyTorch Lightning's LearningRateMonitor logs the learning rate as lr-<optimizer> (lr-SGD, lr-AdamW);
+# with one optimizer that is the run's "lr" (a second one keeps its own name, see _display_names).
+_LIGHTNING_LR = re.compile(r"^lr-[A-Za-z]\w*$")
 _AXIS_NAMES = {"epoch": "epoch", "wall_time": "time", "walltime": "time", "timestamp": "time", "_timestamp": "time"}
 _META_NAMES = frozenset({"n_parameters", "seed", "_runtime", "_step"})
 
@@ -48,6 +51,8 @@ def classify_key(name: str) -> Tuple[str, str]:
         return AXIS, _AXIS_NAMES[name]
     if name in _META_NAMES:
         return META, name
+    if _LIGHTNING_LR.match(name):
+        return TRAIN, "lr"
     for prefix in VAL_PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix):
             return VAL, name[len(prefix):]

@@ -97,7 +97,7 @@ class LogTable:
     Attributes:
         source: the file read.
         format: what it was detected as (``detectron2-log``, ``detectron2-metrics``, ``detr-log``,
-            ``mmdet-json``, ``mmengine-scalars``, ``jsonl``, ``csv``, ``tensorboard``).
+            ``mmdet-json``, ``mmengine-scalars``, ``mmengine-log``, ``jsonl``, ``csv``, ``tensorboard``).
         step_unit: what a step counts, ``"iteration"`` or ``"epoch"`` (DETR logs one line per epoch).
         train: training scalars by name (``total_loss``, ``loss_ce_0``, ``lr``...).
         val: validation scalars by name (``bbox/AP``, ``loss`` of the validation set...).

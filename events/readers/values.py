@@ -6,10 +6,15 @@ a trailing ``\\r`` or progress-bar carriage returns.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Optional
 
-__all__ = ["parse_number", "clean_line", "MISSING_TOKENS"]
+__all__ = ["parse_number", "clean_line", "json_number", "is_usable_step", "MISSING_TOKENS", "MAX_STEP"]
+
+# Beyond 2**53 a float no longer holds every integer: no real trainer counts that far, so a larger
+# (or non-finite) step is damage, and a plot or a fit over it would be meaningless.
+MAX_STEP = float(2 ** 53)
 
 # Tokens meaning "no value logged this time": the key is left out of that record, it is not NaN.
 MISSING_TOKENS = frozenset({"n/a", "na", "none", "null", "nil", "-", "--", "?", ""})
@@ -49,6 +54,24 @@ def parse_number(text: str) -> Optional[float]:
             except ValueError:
                 return None
     return None
+
+
+def json_number(value: object) -> Optional[float]:
+    """A decoded JSON number as a float; an integer too large for one (``1`` and 400 zeros)
+    becomes +-inf, as ``1e400`` does. None for anything else (text, lists, booleans, null)."""
+    if type(value) is float:
+        return value
+    if type(value) is not int:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def is_usable_step(step: Optional[float]) -> bool:
+    """Whether ``step`` can place a record: finite and within +-``MAX_STEP``."""
+    return step is not None and -MAX_STEP <= step <= MAX_STEP
 
 
 def clean_line(line: str) -> str:
