@@ -236,8 +236,8 @@ def _dist_worker(rank: int, world_size: int, port: int, steps: int, repeats: int
     )
     loss_dict = detr_relation_loss_dict(seed=rank)
     floats = {name: float(value) for name, value in loss_dict.items()}
-    # Our exchanged row for this dict: 66 values | 66 weights (6 counts, 60 presence) | 3 host columns.
-    packed = torch.rand(66 + 66 + 3, dtype=torch.float64)
+    # Our exchanged row for this dict: 66 values | 66 weights (6 counts, 60 presence) | 6 host columns.
+    packed = torch.rand(66 + 66 + 6, dtype=torch.float64)
     period_packed = torch.rand(PERIOD, packed.numel(), dtype=torch.float64)
     parts = [torch.empty_like(packed) for _ in range(world_size)]
     period_parts = [torch.empty_like(period_packed) for _ in range(world_size)]

@@ -317,8 +317,9 @@ class LossDictReducer:
             raise RuntimeError(
                 f"reduce() called with {len(self._pending)} deferred steps pending; flush() first"
             )
-        step = self._pack(loss_dict, float(data_time), int(iteration))
-        if not comm.is_distributed():
+        distributed = comm.is_distributed()
+        step = self._pack(loss_dict, float(data_time), int(iteration), distributed)
+        if not distributed:
             reduced = self._reduce_plain_step(step)
             if reduced is not None:
                 return reduced
@@ -345,11 +346,11 @@ class LossDictReducer:
             finite = False
         if not (totals.any_term and finite and min(entries[size:], default=1.0) > 0):
             return None
-        means = np.array(entries[:size])
-        sums = means @ totals.matrix
-        if not math.isfinite(sums.sum()):  # an overflowing total: the general path raises
+        means = np.array(entries)[:size]
+        sums = (means @ totals.matrix).tolist()
+        if not all(map(math.isfinite, sums)):  # an overflowing total: the general path raises
             return None
-        reduced = np.concatenate((means, sums, (step.data_time, step.data_time)))
+        reduced = np.concatenate((means, sums + [step.data_time, step.data_time]))
         return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
 
     def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
@@ -358,7 +359,7 @@ class LossDictReducer:
 
         No communication.
         """
-        self._pending.append(self._pack(loss_dict, float(data_time), int(iteration)))
+        self._pending.append(self._pack(loss_dict, float(data_time), int(iteration), comm.is_distributed()))
 
     @property
     def pending(self) -> int:
@@ -393,7 +394,11 @@ class LossDictReducer:
         return self._reduce(steps, gathered)
 
     # ------------------------------------------------------------------ packing (per step)
-    def _pack(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> _PendingStep:
+    def _pack(
+        self, loss_dict: Mapping[str, Any], data_time: float, iteration: int, distributed: bool
+    ) -> _PendingStep:
+        """One step's entries and host values; ``distributed``: whether a process group exists
+        (only then is there another rank to compare this rank's timing with)."""
         keys = tuple(loss_dict)
         last_keys, check = self._last_check
         if keys != last_keys:  # comparing with the last key set costs less than hashing it
@@ -418,15 +423,15 @@ class LossDictReducer:
         if invalid is not None:
             empty = np.zeros(0, dtype=np.intp)
             return _PendingStep(
-                iteration, data_time, np.zeros(0), empty, layout.template(()), size, None, invalid, self._sample(data_time, None)
+                iteration, data_time, np.zeros(0), empty, layout.template(()), size, None, invalid, self._sample(data_time, None, distributed)
             )
-        rank_values = self._sample(data_time, entries.device if isinstance(entries, torch.Tensor) else None)
+        rank_values = self._sample(data_time, entries.device if isinstance(entries, torch.Tensor) else None, distributed)
         return _PendingStep(iteration, data_time, entries, columns, check.template, size, unregistered, None, rank_values)
 
-    def _sample(self, data_time: float, device: Optional[torch.device]) -> Optional[np.ndarray]:
+    def _sample(self, data_time: float, device: Optional[torch.device], distributed: bool) -> Optional[np.ndarray]:
         """This rank's timing and memory for the step packed now (engine/rank_stats.py), or None
         when they are not logged (no other rank to compare with: not sampled at all)."""
-        if self._rank_stats is None or not comm.is_distributed():
+        if self._rank_stats is None or not distributed:
             return None
         return self._rank_stats.sample(data_time, device)
 
@@ -664,13 +669,6 @@ class LossDictReducer:
             self._output_names[key] = names
         return names
 
-    def _totals_for_weight_dict(self) -> "_Totals":
-        """What the totals add up for the current ``weight_dict`` (recomputed when it changes)."""
-        weight_dict, cache = self.weight_dict, self._totals_cache
-        if cache is not None and (
-            cache.weight_dict is None if weight_dict is None else cache.weight_dict == weight_dict
-        ):
-            return cache
     def _with_rank_scalars(
         self, names: Tuple[str, ...], row: np.ndarray, rank_scalars: Dict[str, float]
     ) -> Tuple[Tuple[str, ...], np.ndarray]:
@@ -682,6 +680,13 @@ class LossDictReducer:
             combined = self._output_names[key] = names + key[1]
         return combined, np.concatenate((row, list(rank_scalars.values())))
 
+    def _totals_for_weight_dict(self) -> "_Totals":
+        """What the totals add up for the current ``weight_dict`` (recomputed when it changes)."""
+        weight_dict, cache = self.weight_dict, self._totals_cache
+        if cache is not None and (
+            cache.weight_dict is None if weight_dict is None else cache.weight_dict == weight_dict
+        ):
+            return cache
         if weight_dict is None:
             in_total = [name.startswith("loss") and not counted for name, counted in zip(self._names, self._counted)]
             columns, names = [in_total], (TOTAL_LOSS,)
