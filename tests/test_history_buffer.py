@@ -82,3 +82,19 @@ def test_column_medians_equal_numpy_medians_nan_included():
         values = rng.normal(size=(n, 5))
         values[rng.random((n, 5)) < 0.15] = np.nan
         np.testing.assert_array_equal(column_medians(values), np.median(values, axis=0))
+
+
+def test_fvcore_scenario_many_lengths_default_iterations_and_statistics():
+    # fvcore's own HistoryBuffer check: 1000 integer updates into buffers of random lengths.
+    rng = np.random.default_rng(42)
+    for length in rng.integers(1, 1000, size=15).tolist():
+        data = rng.integers(1000, size=1000)
+        buf = HistoryBuffer(length)
+        for v in data:
+            buf.update(v)
+        values, iterations = zip(*buf.values())
+        assert list(values) == data[-length:].tolist()
+        assert list(iterations) == list(range(1000 - length, 1000))
+        assert buf.global_avg() == pytest.approx(data.mean())
+        window = data[-min(100, length):]
+        assert buf.median(100) == np.median(window) and buf.avg(100) == pytest.approx(window.mean())
