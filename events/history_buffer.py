@@ -172,13 +172,13 @@ class ScalarBlock:
         iterations = np.where(index >= 0, self.iterations[slots, self._all], -np.inf)
         return values, iterations
 
-    def latest(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Each column's most recent value and its iteration (``[num_columns]`` each)."""
-        if self._rows >= 0:
+    def latest(self) -> Tuple[np.ndarray, List[int]]:
+        """Each column's most recent value (``[num_columns]``) and its iteration (ints)."""
+        if self._rows >= 0:  # whole rows: one iteration for every column
             slot = (self._rows - 1) % self.max_length
-            return self.values[slot], self.iterations[slot]
+            return self.values[slot], [int(self.iterations[slot, 0])] * self.num_columns
         slots = (self._counts - 1) % self.max_length
-        return self.values[slots, self._all], self.iterations[slots, self._all]
+        return self.values[slots, self._all], self.iterations[slots, self._all].astype(np.int64).tolist()
 
     def window_medians(self, window: int) -> np.ndarray:
         """Each column's median over the values put within its last ``window`` iterations, as
@@ -351,10 +351,13 @@ class HistoryBuffer:
 
 def column_medians(values: np.ndarray) -> np.ndarray:
     """``np.median(values, axis=0)`` of a ``[n, columns]`` array, the same numbers without its
-    per-call overhead: one partition around the middle."""
+    per-call overhead: one sort (or, for long windows, one partition around the middle)."""
     n = len(values)
     half = n // 2
-    part = np.partition(values, sorted({max(half - 1, 0), half, n - 1}), axis=0)
+    if n <= 64:  # a writer's window: sorting the few rows costs less than partitioning them
+        part = np.sort(values, axis=0)
+    else:
+        part = np.partition(values, sorted({max(half - 1, 0), half, n - 1}), axis=0)
     median = part[half] if n % 2 else (part[half - 1] + part[half]) / 2
     # NaN sorts last: a column holding one gets a NaN median, as with np.median.
     has_nan = np.isnan(part[-1])

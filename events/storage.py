@@ -263,16 +263,20 @@ class EventStorage:
         first put."""
         return self._history
 
-    def _latest_arrays(self) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-        pairs = [key_block.block.latest() for key_block in self._blocks]
-        return [values for values, _ in pairs], [iterations for _, iterations in pairs]
+    def _latest_arrays(self) -> Tuple[List[np.ndarray], List[int]]:
+        """Every block's latest values (arrays) and every key's latest iteration (ints, in the
+        order of ``_history``)."""
+        values, iterations = [], []
+        for key_block in self._blocks:
+            block_values, block_iterations = key_block.block.latest()
+            values.append(block_values)
+            iterations += block_iterations
+        return values, iterations
 
-    def _as_dict(self, values: List[np.ndarray], iterations: List[np.ndarray]) -> Dict[str, Tuple[float, int]]:
+    def _as_dict(self, values: List[np.ndarray], iterations: List[int]) -> Dict[str, Tuple[float, int]]:
         if not self._blocks:
             return {}
-        floats = np.concatenate(values).tolist()
-        ints = np.concatenate(iterations).astype(np.int64).tolist()
-        return dict(zip(self._history, zip(floats, ints)))
+        return dict(zip(self._history, zip(np.concatenate(values).tolist(), iterations)))
 
     def latest(self) -> Dict[str, Tuple[float, int]]:
         """``name -> (latest value, iteration it was put at)``."""
@@ -296,7 +300,7 @@ class EventStorage:
             for index, key_block in enumerate(self._blocks):
                 if key_block.hint:
                     values[index] = key_block.block.window_medians(window_size)
-            newest = int(max(its.max() for its in iterations)) if iterations else -1
+            newest = max(iterations, default=-1)
             cache = self._smoothed_cache = (
                 self._version, window_size, self._as_dict(values, iterations), newest
             )
