@@ -88,10 +88,10 @@ class EventStorage:
 
     Writers (``JSONWriter``, ``TensorboardXWriter``, W&B) read ``latest_with_smoothing_hint`` and
     write only iterations newer than the last one they wrote. A scalar put afterwards at an
-    iteration they already read (at the storage's current iteration or later: typically a loop
-    that never calls ``step()``) would never be written; the storage warns once per key with a
-    ``StaleIterationWarning``. Values deliberately put at an earlier iteration
-    (``cur_iter < storage.iter``, such as an ETA for the last finished step) are not reported.
+    iteration they already read (at the storage's current iteration or later) is never written;
+    when a key does that twice (typically a loop that never calls ``step()``) the storage warns
+    once for it with a ``StaleIterationWarning``. Values deliberately put at an earlier iteration
+    (``cur_iter < storage.iter``, such as an ETA for the last finished step) are not counted.
     """
 
     def __init__(self, start_iter: int = 0, history_length: int = DEFAULT_MAX_LENGTH) -> None:
@@ -114,6 +114,7 @@ class EventStorage:
         self._smoothed_cache: Optional[Tuple[int, int, Dict[str, Tuple[float, int]], int]] = None
         self._written_through = -1  # the newest iteration handed to the writers
         self._warned_stale: set = set()
+        self._lost_puts: Dict[str, int] = {}  # puts the writers will never see, per key not yet warned
 
     # ------------------------------------------------------------------ scalars
     def _new_block(self, names: Tuple[str, ...], hint: bool) -> ScalarBlock:
@@ -233,9 +234,17 @@ class EventStorage:
         return _PutPlan(prefix, full, hint, None, segments)
 
     def _warn_stale(self, names: Sequence[str], cur_iter: int) -> None:
+        """Count a put of ``names`` that the writers will never see; warn for the keys that
+        reach two such puts (a loop that never steps), not for a one-off (the console's ETA
+        re-put by a final write at the iteration it already wrote)."""
         if cur_iter < self._iter:  # deliberately dated before the current iteration
             return
-        fresh = [name for name in names if name not in self._warned_stale]
+        lost, fresh = self._lost_puts, []
+        for name in names:
+            if name not in self._warned_stale:
+                lost[name] = lost.get(name, 0) + 1
+                if lost[name] >= 2:
+                    fresh.append(name)
         if not fresh:
             return
         self._warned_stale.update(fresh)
@@ -243,9 +252,9 @@ class EventStorage:
         if len(fresh) > 3:
             shown += f" and {len(fresh) - 3} more keys"
         warnings.warn(
-            f"{shown} {'was' if len(fresh) == 1 else 'were'} put at iteration {cur_iter}, which the "
-            "writers have already written (they only write newer iterations), so this value is "
-            "not written. Advance the iteration once per training step: storage.step(), or "
+            f"{shown} {'was' if len(fresh) == 1 else 'were'} put again at iteration {cur_iter}, which "
+            "the writers have already written (they only write newer iterations), so these values "
+            "are not written. Advance the iteration once per training step: storage.step(), or "
             "storage.iter = i, or cur_iter=i. (Reported once per key.)",
             StaleIterationWarning,
             stacklevel=3,
