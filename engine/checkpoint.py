@@ -105,7 +105,8 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 
 def completed_run_notice(save_dir: str, max_iter: int) -> Optional[str]:
     """For ``--resume``: a line saying the run in ``save_dir`` is already complete (its latest
-    checkpoint is at iteration ``max_iter - 1`` or later), or None when there is training left.
+    checkpoint, of our trainer or of a loop that saved ``TrainingTelemetry.state_dict()`` under
+    ``"telemetry"``, is at iteration ``max_iter - 1`` or later), or None when there is training left.
 
     Resuming a finished run must change nothing: no phantom iteration past ``max_iter``, no
     record moved aside, no second final evaluation. Only the trainer state is read, memory-mapped.
@@ -114,7 +115,12 @@ def completed_run_notice(save_dir: str, max_iter: int) -> Optional[str]:
     if path is None:
         return None
     try:
-        iteration = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["trainer"]["iteration"])
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Our trainer saves its state under "trainer"; a plain loop saves TrainingTelemetry's.
+        if "trainer" in saved:
+            iteration = int(saved["trainer"]["iteration"])
+        else:
+            iteration = int(saved["telemetry"]["next_iteration"]) - 1
     except Exception:  # unreadable: the resume proper reports it with the file's name
         return None
     if iteration + 1 < max_iter:
@@ -133,18 +139,17 @@ class PeriodicCheckpointer(HookBase):
     last finished step, so that ``--resume`` loses nothing.
 
     Register it after ``PeriodicWriter``: a checkpoint is taken after its step's metrics are
-    written. ``last_saved`` is the path of the latest checkpoint this hook wrote.
+    written.
     """
 
     def __init__(self, checkpointer: Checkpointer, period: int, file_prefix: str = "model"):
         self.checkpointer = checkpointer
         self.period = period
         self.file_prefix = file_prefix
-        self.last_saved: Optional[str] = None
         self._last_saved_iter: Optional[int] = None
 
     def _save(self, name: str) -> None:
-        self.last_saved = self.checkpointer.save(name, trainer=self.trainer.state_dict())
+        self.checkpointer.save(name, trainer=self.trainer.state_dict())
         self._last_saved_iter = self.trainer.iter
 
     def after_step(self) -> None:

@@ -9,12 +9,12 @@ import os
 import random
 import shlex
 import sys
-from typing import List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from engine import comm
 from engine.logger import setup_logger
@@ -121,11 +121,11 @@ def output_dir_override(args: argparse.Namespace) -> List[str]:
     return ["OUTPUT_DIR", os.path.join("outputs", f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}")]
 
 
-def command_line(cfg=None) -> str:
+def command_line(cfg: Optional[Union[DictConfig, Mapping[str, Any]]] = None) -> str:
     """This process's command line, shell-quoted, for log.txt and run records: an argument that
-    holds a secret (by the rules that redact config.yaml, including any value ``cfg``'s
-    redaction hides) reads ``<redacted>``."""
-    config = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None
+    holds a secret (by the rules that redact config.yaml, including any value the redaction of
+    ``cfg``, the run's config or a plain dict such as ``vars(args)``, hides) reads ``<redacted>``."""
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     return shlex.join(redact_argv(sys.argv, config))
 
 

@@ -28,16 +28,17 @@ for it, and every rank stops one step after the first rank saw its signal.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from engine import comm
 
-__all__ = ["GracefulStop", "TrainingInterrupted"]
+__all__ = ["GracefulStop", "TrainingInterrupted", "exit_code_of"]
 
 
 class TrainingInterrupted(Exception):
@@ -126,3 +127,14 @@ class GracefulStop:
     def interrupted(self, iteration: int) -> TrainingInterrupted:
         """The exception a loop raises to stop after ``iteration``."""
         return TrainingInterrupted(self.signal_name, iteration, self.exit_code)
+
+
+def exit_code_of(main: Callable[[], int]) -> int:
+    """``main()``'s exit code, for a script whose ``main`` trains inside ``GracefulStop``: a
+    second Ctrl-C while the first one is being honoured ends it at once with one line (no
+    traceback) and the shell's 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("error: interrupted twice; stopped at once, without a checkpoint of the current step", file=sys.stderr)
+        return 130

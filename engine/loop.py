@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from engine import comm
 from engine.config import get_cfg
-from engine.defaults import prepare_output_dir
+from engine.defaults import command_line, prepare_output_dir
 from engine.graceful_stop import TrainingInterrupted
 from engine.hooks import IterationTimer, PeriodicWriter
 from engine.metrics import MetricsWriter
@@ -135,8 +135,12 @@ class TrainingTelemetry:
         self._epoch_progress: Optional[float] = None  # of the batch timed() gave last
         self._closed = False
         self._window_size = telemetry.WINDOW_SIZE
-        # train_history.json: how each session ended, for tools/list_runs.py.
-        self._history = RunHistory(self.output_dir, "", self.start_iter, resuming) if comm.is_main_process() else None
+        # train_history.json: how each session ended, for tools/list_runs.py. Its command line
+        # hides what the recorded config hides (as W&B's does).
+        self._history = None
+        if comm.is_main_process():
+            command = command_line(cfg if run_config is None else run_config)
+            self._history = RunHistory(self.output_dir, "", self.start_iter, resuming, command)
         # Closes (and so flushes) an object the loop never closed, when the interpreter exits.
         atexit.register(self._close_at_exit)
         with self.storage:

@@ -12,9 +12,7 @@ Each rank samples three numbers per step (``RANK_FIELDS``):
 
 They travel as three more host columns of the reducer's packed row. The reducer gathers every
 rank's row, so after the exchange the ``[world, steps, 3]`` block holds every rank's numbers in
-its own row: no extra collective. (A reducer that sums with ``all_reduce`` instead gets the same
-block from ``slots``/``unslot``: each rank writes its numbers into its own slot of a
-``world x 3`` vector and zeros elsewhere, and the sum delivers every rank's slot.)
+its own row: no extra collective.
 
 ``RankStats.decode`` turns the block into storage scalars, with ``W`` ranks:
 
@@ -35,7 +33,7 @@ import torch
 
 from events.rank_keys import PREFIX, RANK_FIELDS, SLOWEST_RANK, is_rank_key, per_rank_key
 
-__all__ = ["RANK_FIELDS", "RankStats", "slots", "unslot", "is_rank_key", "WINDOW", "CONSISTENT_SHARE"]
+__all__ = ["RANK_FIELDS", "RankStats", "is_rank_key", "WINDOW", "CONSISTENT_SHARE"]
 
 WINDOW = 20
 CONSISTENT_SHARE = 0.75
@@ -51,20 +49,6 @@ def _peak_memory_mb(device: Optional[torch.device]) -> float:
     except ImportError:  # Windows: no peak RSS to read (0, not NaN: NaN would look like a bad loss)
         return 0.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_TO_MB
-
-
-def slots(values: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """``[world * k]``: this rank's ``values`` (``[k]``) in slot ``rank``, zeros elsewhere; summing
-    these vectors over ranks (``all_reduce``) gives every rank's values."""
-    out = np.zeros((world, len(values)))
-    out[rank] = values
-    return out.reshape(-1)
-
-
-def unslot(summed: np.ndarray, world: int) -> np.ndarray:
-    """``[steps, world * k]`` summed slot vectors -> ``[world, steps, k]`` (``decode``'s input)."""
-    steps = summed.shape[0]
-    return summed.reshape(steps, world, -1).transpose(1, 0, 2)
 
 
 class RankStats:

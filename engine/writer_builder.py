@@ -34,9 +34,11 @@ def build_writers(
         cfg: the run's config (``TELEMETRY.*``, ``TENSORBOARD.*``, ``WANDB.*``, ``OUTPUT_DIR``).
         output_dir: where metrics.json, events and the W&B state go (default ``cfg.OUTPUT_DIR``).
         max_iter: for the console ETA (default ``cfg.SOLVER.MAX_ITER``).
-        resume_iter: the iteration training resumes at after a restart, or None for a fresh
-            run: metrics.json moves the crashed run's records >= it aside, TensorBoard purges
-            its steps >= it, and W&B reopens the same run.
+        resume_iter: the iteration a resumed run starts at: metrics.json moves the crashed
+            run's records >= it aside, TensorBoard purges its steps >= it, and W&B reopens the
+            same run. None (fresh or resumed, not known yet): each writer reads the start from
+            the trainer's ``EventStorage(start_iter)`` at its first write and does the same,
+            W&B reopening the saved run only when the start is past 0.
         run_config: what TensorBoard (hparams + text) and W&B record as the run's config
             (nested dict, e.g. ``vars(args)`` of a script); default: ``cfg``.
 
@@ -101,7 +103,7 @@ def _wandb_writer(
         tags=list(wandb_cfg.TAGS),
         mode=wandb_cfg.MODE,
         run_id=wandb_cfg.RUN_ID,
-        resume=resume_iter is not None,
+        resume=None if resume_iter is None else True,
         resume_iter=resume_iter,
         # Next to the checkpoints, wherever WANDB.DIR points.
         state_file=os.path.join(output_dir, STATE_FILE_NAME),

@@ -67,13 +67,24 @@ def secret_values(config: Mapping[str, Any]) -> List[str]:
     return _redact(config, ())[2]
 
 
+def _secret_named(key: str) -> bool:
+    """Whether the last dotted part of ``key`` (``MY.API_KEY``, ``--hf-token``) sounds secret."""
+    return bool(_SECRET_NAME.search(key.rsplit(".", 1)[-1]))
+
+
 def redact_argv(argv: Sequence[str], config: Optional[Mapping[str, Any]] = None) -> List[str]:
     """``argv`` with every argument that holds a secret replaced by ``<redacted>``: by the
-    rules above, the value after a secret-named ``KEY``, and any value ``config``'s redaction
-    hides (``WANDB.GROUP sk-...`` is hidden here because config.yaml hides it)."""
+    rules above, the value after a secret-named ``KEY`` (or in one argument, ``--hf_token=...``
+    and ``wandb.api_key=...``, which read ``--hf_token=<redacted>``), and any value ``config``'s
+    redaction hides (``WANDB.GROUP sk-...`` is hidden here because config.yaml hides it)."""
     known = [*_env_secrets(), *(secret_values(config) if config else ())]
     redacted = []
     for i, arg in enumerate(argv):
-        after_secret_key = i > 0 and bool(_SECRET_NAME.search(argv[i - 1].rsplit(".", 1)[-1]))
+        key, equals, _ = arg.partition("=")
+        if equals and " " not in key and _secret_named(key):
+            redacted.append(f"{key}={REDACTED}")
+            continue
+        # A KEY=VALUE argument holds its own value: the next argument is not its value.
+        after_secret_key = i > 0 and "=" not in argv[i - 1] and _secret_named(argv[i - 1])
         redacted.append(REDACTED if after_secret_key or _secret_text(arg, known) else arg)
     return redacted

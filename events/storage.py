@@ -92,9 +92,14 @@ class EventStorage:
     when a key does that twice (typically a loop that never calls ``step()``) the storage warns
     once for it with a ``StaleIterationWarning``. Values deliberately put at an earlier iteration
     (``cur_iter < storage.iter``, such as an ETA for the last finished step) are not counted.
+
+    ``start_iter`` is the iteration training started (or resumed) at, as the trainer opened the
+    storage with it; it is not part of ``state_dict``. Writers read it on their first write to
+    supersede what a crashed run left from there on (see ``events.writers.ResumableWriter``).
     """
 
     def __init__(self, start_iter: int = 0, history_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.start_iter = int(start_iter)
         self._iter = int(start_iter)
         self._current_prefix = ""
         self._vis_data: List[Tuple[str, Any, int]] = []

@@ -14,8 +14,11 @@ What differs, and why:
   ``real_synthetic/loss_rel_real``) without renaming the key itself, so searching ``loss_ce``
   still finds it. ``group_tags=False`` writes the bare keys, as detectron2 does.
 * The config is recorded once (hparams plugin + a YAML text panel) on a fresh start.
-* ``purge_step=N`` (resume from iteration N) hides the crashed run's steps >= N and nothing
-  below N is written again, so every curve stays single-valued.
+* The crashed run's steps from the start iteration N on are purged (tensorboardX
+  ``purge_step=N``) and nothing below N is written again, so every curve stays single-valued.
+  N is ``purge_step`` when given, else the storage's ``start_iter`` at the first write (see
+  ``events.writers.ResumableWriter``), so writers built before the checkpoint is loaded purge
+  right too.
 * Events reach the disk within 5 s (``flush_secs``, detectron2's tensorboardX default is 120),
   and a dead event-writer thread (disk full) raises here instead of blocking on a full queue.
 """
@@ -28,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from events.storage import get_event_storage
 from events.writer_guard import import_optional
-from events.writers import EventWriter
+from events.writers import ResumableWriter
 
 # Tag groups, first match wins. Keys that already hold a "/" keep the group their author chose.
 _AUX_LAYER = re.compile(r"_\d+(_|$)")  # loss_ce_0, cardinality_error_3_unscaled; not AP50
@@ -79,7 +82,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any
     return flat
 
 
-class TensorboardXWriter(EventWriter):
+class TensorboardXWriter(ResumableWriter):
     """Write scalars, images and histograms of the current ``EventStorage`` to TensorBoard.
 
     Args:
@@ -88,7 +91,8 @@ class TensorboardXWriter(EventWriter):
         config: the run's config (nested dict, secrets already removed), recorded once as
             hparams and as a YAML text panel when the run starts fresh (not on a resume).
         group_tags: prefix each tag with its group (see ``tensorboard_tag``).
-        kwargs: passed to ``tensorboardX.SummaryWriter``; ``purge_step=N`` on resume from N.
+        kwargs: passed to ``tensorboardX.SummaryWriter``. ``purge_step=N``: training starts at
+            N (None: the storage's ``start_iter``, read at the first write).
 
     The SummaryWriter (and its event file) is created at the first ``write()``, as in detectron2.
     """
@@ -108,13 +112,22 @@ class TensorboardXWriter(EventWriter):
         # tensorboardX's thread flushes every flush_secs (default 120): a crash would lose up to
         # two minutes and a live TensorBoard would lag as much. Five seconds costs nothing.
         kwargs.setdefault("flush_secs", DEFAULT_FLUSH_SECS)
+        purge_step = kwargs.pop("purge_step", None)
         self._writer_args = {"logdir": log_dir, **kwargs}
-        purge_step = kwargs.get("purge_step")
-        # Iterations below purge_step were written by the crashed run and survive the purge.
-        self._last_write = -1 if purge_step is None else int(purge_step) - 1
-        self._config = dict(config) if config is not None and not purge_step else None
+        self._last_write = -1
+        self._config = dict(config) if config is not None else None
         self._tag = tensorboard_tag if group_tags else str
         self._tags: Dict[str, str] = {}  # storage key -> tag, computed once per key
+        if purge_step is not None:
+            self._start_at(purge_step)
+
+    def _begin_at(self, start_iter: int) -> None:
+        # The SummaryWriter is created after this (first write): its purge hides the earlier
+        # sessions' steps >= start_iter; those below were written by them and are kept.
+        self._writer_args["purge_step"] = start_iter
+        self._last_write = start_iter - 1
+        if start_iter > 0:
+            self._config = None  # recorded by the session that started at 0
 
     @functools.cached_property
     def _writer(self):
@@ -140,6 +153,7 @@ class TensorboardXWriter(EventWriter):
     def write(self) -> None:
         from tensorboardX.proto.event_pb2 import Event
 
+        self._begin()
         storage = get_event_storage()
         tags = self._tags
         # One Event per iteration, its Summary's values added in place (no message copies).

@@ -7,7 +7,10 @@
 * Modes: ``online``, ``offline`` (no network; ``wandb sync <dir>/wandb/offline-run-*`` later),
   ``disabled`` (a no-op run), and ``auto`` = online when an API key is configured, else offline.
 * Resume: the run id and the last iteration handed to ``run.log`` are kept in
-  ``wandb_run.json`` (in the output directory, next to the checkpoints). Resuming reopens the
+  ``wandb_run.json`` (in the output directory, next to the checkpoints). Unless ``resume`` is
+  given, the run opens at the first write and resumes when training started past iteration 0
+  (the storage's ``start_iter``), so a writer built before the checkpoint is loaded (detectron2's
+  ``DefaultTrainer``) resumes without being told. Resuming reopens the
   same run id with ``resume="allow"`` and logs only iterations after the last one W&B already
   holds: a resumed curve never goes back and no iteration appears twice. The crashed run's
   values between the checkpoint and the crash stay in W&B (training replays them exactly, and
@@ -43,11 +46,11 @@ from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-from events.storage import get_event_storage
+from events.storage import get_event_storage, has_event_storage
 from events.wandb_records import last_logged_iteration
 from events.secret_redaction import redact_argv, redact_secrets, secret_values
 from events.writer_guard import import_optional
-from events.writers import EventWriter
+from events.writers import ResumableWriter
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ def _argv_redacted_for_wandb(config: Mapping[str, Any]):
         sys.argv = original
 
 
-class WandbWriter(EventWriter):
+class WandbWriter(ResumableWriter):
     """Log the latest (window-smoothed) scalars and new histograms of the storage to W&B.
 
     Args:
@@ -147,9 +150,13 @@ class WandbWriter(EventWriter):
         config: the run's config (nested dict); secret-looking entries are redacted.
         mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (see ``resolve_mode``).
         run_id: a fixed run id; "" = the one saved in ``state_file`` when resuming, else new.
-        resume: continue the run saved in ``state_file`` (or ``run_id``) after a restart.
+        resume: continue the run saved in ``state_file`` (or ``run_id``) after a restart
+            (True) or start a new one (False), opening it now; None (default): open it at the
+            first write and continue the saved run when training started past iteration 0
+            (the storage's ``start_iter``, see ``events.writers.ResumableWriter``).
         resume_iter: the iteration training resumes at (the checkpoint's next one), to name the
-            rows a killed offline run lost that training will not replay; None if unknown.
+            rows a killed offline run lost that training will not replay; None if unknown
+            (with ``resume=None`` it is the storage's ``start_iter``).
         state_file: where the run id and last logged iteration live (default
             ``<run_dir>/wandb_run.json``; keep it next to the checkpoints).
         window_size: median window for scalars put with ``smoothing_hint=True``.
@@ -172,7 +179,7 @@ class WandbWriter(EventWriter):
         tags: Sequence[str] = (),
         mode: str = "auto",
         run_id: str = "",
-        resume: bool = False,
+        resume: Optional[bool] = None,
         resume_iter: Optional[int] = None,
         state_file: Optional[str] = None,
         window_size: int = 20,
@@ -185,31 +192,43 @@ class WandbWriter(EventWriter):
         self._clear_histograms = clear_histograms
         self._state_file = state_file or os.path.join(run_dir, STATE_FILE_NAME)
         os.makedirs(run_dir, exist_ok=True)
-
-        state = _read_state(self._state_file) if resume else {}
-        run_id = run_id or state.get("run_id") or _new_run_id()
-        same_run = state.get("run_id") == run_id and "last_iteration" in state
-        sent = int(state["last_iteration"]) if same_run else None
+        self._run_id = run_id
         config = config or {}
+        self._config = config
         hidden = secret_values(config)
         identity = redact_secrets({"name": name, "group": group, "tags": list(tags)}, also_hide=hidden)[0]
-        with _argv_redacted_for_wandb(config):
-            self._run = wandb.init(
-                project=project or None,
-                entity=entity or None,
-                name=identity["name"] or None,
-                group=identity["group"] or None,
-                tags=identity["tags"] or None,
-                dir=run_dir,
-                config=redact_secrets(config)[0],
-                id=run_id,
-                # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
-                resume="allow",
-                mode=self._mode,
-                settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
-            )
-        self._last_write = -1
+        self._init_args = dict(
+            project=project or None,
+            entity=entity or None,
+            name=identity["name"] or None,
+            group=identity["group"] or None,
+            tags=identity["tags"] or None,
+            dir=run_dir,
+            config=redact_secrets(config)[0],
+            # "allow": reopen the run if W&B knows the id (resume, fixed RUN_ID), else create it.
+            resume="allow",
+            mode=self._mode,
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics),
+        )
+        self._run = None
         self._abandoned = False
+        self._last_write = self._last_histogram_step = -1
+        if resume is not None:
+            self._started = True
+            self._open(resume, resume_iter)
+
+    def _begin_at(self, start_iter: int) -> None:
+        self._open(resume=start_iter > 0, resume_iter=start_iter)
+
+    def _open(self, resume: bool, resume_iter: Optional[int]) -> None:
+        import wandb
+
+        state = _read_state(self._state_file) if resume else {}
+        run_id = self._run_id or state.get("run_id") or _new_run_id()
+        same_run = state.get("run_id") == run_id and "last_iteration" in state
+        sent = int(state["last_iteration"]) if same_run else None
+        with _argv_redacted_for_wandb(self._config):
+            self._run = wandb.init(id=run_id, **self._init_args)
         if resume:
             self._last_write = self._held_iteration(sent, resume_iter)
             if self._last_write >= 0:
@@ -225,7 +244,19 @@ class WandbWriter(EventWriter):
 
     @property
     def run(self):
-        """The ``wandb`` run, for logging what the storage does not hold (tables, media)."""
+        """The ``wandb`` run, for logging what the storage does not hold (tables, media).
+
+        Without ``resume`` it opens when training starts (it needs the start iteration to know
+        whether to continue the saved run): ask for it inside the trainer's storage, e.g. from
+        a hook, or pass ``resume=True`` / ``False`` to open it at construction.
+        """
+        if self._run is None:
+            if not has_event_storage():
+                raise RuntimeError(
+                    "WandbWriter.run opens when training starts (resume=None): use it from a hook, "
+                    "or pass resume=True or resume=False to open it at construction"
+                )
+            self._begin()
         return self._run
 
     def _held_iteration(self, sent: Optional[int], resume_iter: Optional[int]) -> int:
@@ -296,6 +327,7 @@ class WandbWriter(EventWriter):
             raise
 
     def _write(self) -> None:
+        self._begin()
         storage = get_event_storage()
         rows: Dict[int, Dict[str, Any]] = defaultdict(dict)
         for key, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -316,7 +348,7 @@ class WandbWriter(EventWriter):
             self._save_state()
 
     def close(self) -> None:
-        if self._abandoned:
+        if self._abandoned or self._run is None:  # never opened: training never wrote
             return
         try:
             self._run.finish()

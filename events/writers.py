@@ -33,6 +33,37 @@ class EventWriter:
         pass
 
 
+class ResumableWriter(EventWriter):
+    """An ``EventWriter`` whose output must follow where training started.
+
+    After a crash at iteration 130 and a resume from the checkpoint at 99, training starts at
+    100: the crashed run's records from 100 on are superseded (metrics.json moves them aside,
+    TensorBoard purges those steps, W&B continues the same run after what it holds). A writer
+    learns the start iteration once, before its first write: from its constructor when the
+    caller knows it (``resume_from``, ``purge_step``, ``resume``), otherwise from the storage
+    it first writes from (``EventStorage(start_iter)``, which every trainer opens at its start
+    iteration). So a trainer that builds its writers before it loads the checkpoint (detectron2's
+    ``DefaultTrainer``: ``build_writers`` in ``__init__``, then ``resume_or_load``) needs to
+    tell them nothing. A start at 0 is a fresh run: whatever the files hold is superseded.
+
+    Subclasses implement ``_begin_at(start_iter)`` and call ``self._begin()`` at the top of
+    ``write()``.
+    """
+
+    _started = False
+
+    def _begin(self) -> None:
+        if not self._started:
+            self._start_at(get_event_storage().start_iter)
+
+    def _start_at(self, start_iter: int) -> None:
+        self._started = True
+        self._begin_at(int(start_iter))
+
+    def _begin_at(self, start_iter: int) -> None:
+        raise NotImplementedError
+
+
 def _iteration_of(line: str) -> Optional[int]:
     try:
         record = json.loads(line)
@@ -76,7 +107,7 @@ def rewind_json_lines(json_file: str, resume_from: int) -> Tuple[int, int]:
     return last_kept, len(moved)
 
 
-class JSONWriter(EventWriter):
+class JSONWriter(ResumableWriter):
     """Append the latest (window-smoothed) scalars to a JSON-lines file, one object per iteration.
 
     Each line looks like detectron2's ``metrics.json``::
@@ -84,24 +115,34 @@ class JSONWriter(EventWriter):
         {"data_time": 0.0011, "iteration": 19, "loss_ce": 1.31, "lr": 0.0001, ...}
 
     Only iterations not yet written are written, in increasing order, and every write is flushed
-    and fsynced. With ``resume_from=N`` the records a crashed run left at iterations >= N are
-    moved to a side file first (see ``rewind_json_lines``), so the file stays strictly increasing.
+    and fsynced. The file stays strictly increasing across resumes: the records a crashed run left
+    at iterations >= the start iteration are moved to a side file before the first write (see
+    ``rewind_json_lines``). The start is ``resume_from`` when given, else the storage's
+    ``start_iter`` (see ``ResumableWriter``).
     """
 
     def __init__(self, json_file: str, window_size: int = 20, resume_from: Optional[int] = None):
-        self._last_write = -1
-        if resume_from is not None:
-            self._last_write, moved = rewind_json_lines(json_file, int(resume_from))
-            if moved:
-                logging.getLogger(__name__).info(
-                    "Resuming at iteration %d: moved %d records of %s to %s.superseded-at-%d",
-                    resume_from, moved, json_file, json_file, resume_from,
-                )
-        self._file_handle = open(json_file, "a", encoding="utf-8")
-        self._window_size = window_size
         self.json_file = json_file
+        self._window_size = window_size
+        self._last_write = -1
+        # Opened now, as detectron2 does: a path that cannot be written fails at construction.
+        self._file_handle = open(json_file, "a", encoding="utf-8")
+        if resume_from is not None:
+            self._start_at(resume_from)
+
+    def _begin_at(self, start_iter: int) -> None:
+        self._last_write, moved = rewind_json_lines(self.json_file, start_iter)
+        if moved:
+            # The rewind replaced the file: append to the new one, not the old inode.
+            self._file_handle.close()
+            self._file_handle = open(self.json_file, "a", encoding="utf-8")
+            logging.getLogger(__name__).info(
+                "Training starts at iteration %d: moved %d records of %s to %s.superseded-at-%d",
+                start_iter, moved, self.json_file, self.json_file, start_iter,
+            )
 
     def write(self) -> None:
+        self._begin()
         storage = get_event_storage()
         to_save: Dict[int, Dict[str, float]] = defaultdict(dict)
         for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():

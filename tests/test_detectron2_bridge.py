@@ -212,6 +212,10 @@ def test_install_is_idempotent_and_reaches_names_imported_before_it():
     assert d2_train_loop.EventStorage is events.EventStorage
     assert d2_train_loop.get_event_storage is events.get_event_storage
     assert d2_hooks.EventStorage is events.EventStorage
+    import detectron2.engine.defaults as d2_defaults  # default_writers() builds ours
+
+    assert (d2_defaults.JSONWriter, d2_defaults.CommonMetricPrinter) == (events.JSONWriter, events.CommonMetricPrinter)
+    assert d2_defaults.TensorboardXWriter is events.TensorboardXWriter
     assert d2_events._CURRENT_STORAGE_STACK is storage._CURRENT_STORAGE_STACK
     with events.EventStorage() as opened:
         assert d2_events.get_event_storage() is opened

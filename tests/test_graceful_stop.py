@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from dist_utils import run_distributed
-from engine.graceful_stop import GracefulStop, TrainingInterrupted
+from engine.graceful_stop import GracefulStop, TrainingInterrupted, exit_code_of
 
 
 def test_a_signal_is_a_request_honoured_at_the_next_check():
@@ -34,6 +34,17 @@ def test_sigterm_exit_code_and_a_different_second_signal_is_the_same_request():
         assert stop.should_stop()
     assert (stop.signal_name, stop.exit_code) == ("SIGTERM", 143)
 
+
+def test_a_second_ctrl_c_ends_a_script_with_one_line_and_130(capsys):
+    def main():
+        with GracefulStop():
+            os.kill(os.getpid(), signal.SIGINT)  # the request...
+            os.kill(os.getpid(), signal.SIGINT)  # ... and "now", before the step ended
+        return 0
+
+    assert exit_code_of(main) == 130
+    assert capsys.readouterr().err == "error: interrupted twice; stopped at once, without a checkpoint of the current step\n"
+    assert exit_code_of(lambda: 3) == 3
 
 def test_the_same_signal_twice_acts_at_once():
     previous = signal.getsignal(signal.SIGINT)

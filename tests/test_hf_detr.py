@@ -133,3 +133,9 @@ def test_train_hf_detr_reaches_every_writer_resumes_and_replots(tmp_path):
     assert replot.returncode == 0, replot.stderr
     assert any(path.name.startswith("losses_") for path in plots.iterdir())
     assert (output_dir / "last_checkpoint").read_text().strip() == "model_final.pth"
+
+    # Resuming the finished run says so and changes nothing (no session, no event file, no report).
+    before = {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+    again = run("--resume", *short, "SOLVER.MAX_ITER", "20")
+    assert "is complete" in again.stdout and "iteration 19" in again.stdout
+    assert {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()} == before

@@ -20,6 +20,7 @@ from events.readers import read_log
 from events.readers.table import LogTable, Series, SkippedLines
 
 from browser import chromium_or_skip, console_errors, wait_until_ready
+from readme_snippets import readme_snippet
 from test_ranks_figure import table_with_ranks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,8 +123,7 @@ def test_vis_train_log_html_and_compare(relation_run, tmp_path):
 
 
 def test_readme_python_snippet_runs_as_written(relation_run, tmp_path, monkeypatch):
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "write_html_report" in block)
+    snippet = readme_snippet("html-report")
     (tmp_path / "outputs" / "demo").mkdir(parents=True)
     (tmp_path / "outputs" / "demo" / "metrics.json").write_bytes((relation_run / "metrics.json").read_bytes())
     monkeypatch.chdir(tmp_path)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.rank_stats import CONSISTENT_SHARE, WINDOW, RankStats, is_rank_key, slots, unslot
+from engine.rank_stats import CONSISTENT_SHARE, WINDOW, RankStats, is_rank_key
 
 
 def block_of(data_times, step_times, mems):
@@ -41,12 +41,6 @@ def test_slowest_rank_only_when_one_rank_is_consistently_slowest():
 
 def test_one_rank_logs_nothing_per_rank():
     assert RankStats().decode(np.ones((1, 4, 3))) == [{}, {}, {}, {}]
-
-
-def test_slots_summed_over_ranks_give_every_rank_its_values():
-    world, values = 3, [np.array([r + 0.5, 10.0 * r, 7.0]) for r in range(3)]
-    summed = sum(slots(values[r], r, world) for r in range(world))[None]  # one step
-    np.testing.assert_array_equal(unslot(summed, world)[:, 0], np.stack(values))
 
 
 def test_sample_measures_time_since_the_last_exchange_and_peak_memory():

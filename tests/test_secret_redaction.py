@@ -21,6 +21,13 @@ def test_every_rule_applies_to_arguments(monkeypatch):
     ]
 
 
+def test_a_secret_named_option_with_its_value_in_one_argument(monkeypatch):
+    monkeypatch.delenv("MY_SERVICE_TOKEN", raising=False)
+    argv = ["train.py", "--hf_token=hf_" + "x1" * 17, "trainer.api_key=short", "--lr=0.1", "--note=an API_KEY=is here"]
+    assert redact_argv(argv) == [
+        "train.py", f"--hf_token={REDACTED}", f"trainer.api_key={REDACTED}", "--lr=0.1", "--note=an API_KEY=is here",
+    ]
+
 def test_a_value_hidden_in_the_config_is_hidden_on_the_command_line(monkeypatch):
     monkeypatch.delenv("MY_SERVICE_TOKEN", raising=False)
     config = {"WANDB": {"NAME": "plain-name", "API_TOKEN": "not-key-shaped"}}

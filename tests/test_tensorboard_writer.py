@@ -219,11 +219,13 @@ def test_dead_event_thread_raises_instead_of_blocking(tmp_path, monkeypatch):
         writer = TensorboardXWriter(str(tmp_path))
         storage.put_scalar("loss", 1.0)
         writer.write()
-        # Let the worker write iteration 0 before the disk "fills up"; otherwise it may die on
-        # that event already and the next write() raises one step early.
-        writer._writer.file_writer.flush()
+        write_event = EventsWriter.write_event
 
         def disk_full(self, event):
+            # The disk "fills up" after iteration 0, whenever the worker gets to that one's
+            # events (flush() does not wait for the queue), so it dies on iteration 1's.
+            if event.step < 1:
+                return write_event(self, event)
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(EventsWriter, "write_event", disk_full)

@@ -173,6 +173,20 @@ def test_misuse_is_named(tmp_path):
         telemetry.step({"loss_ce": 1.0})
 
 
+
+def test_command_line_in_train_history_hides_what_the_run_config_hides(tmp_path, monkeypatch):
+    # "--pw" (argparse dest "password") is no secret-sounding name, so only the recorded run
+    # config, where W&B hides "password", tells the command line to hide its value too.
+    monkeypatch.setattr(sys, "argv", ["train.py", "--epochs", "1", "--pw", "hunter2-hunter2"])
+    cfg = make_cfg(tmp_path, max_iter=2, **{"WANDB.ENABLED": False, "TENSORBOARD.ENABLED": False})
+    with TrainingTelemetry(cfg.OUTPUT_DIR, cfg=cfg, run_config={"password": "hunter2-hunter2", "epochs": 1},
+                           prepare_output=False) as telemetry:
+        for _ in range(2):
+            telemetry.step(loss_dict(telemetry.iter))
+    (session,) = read_sessions(os.path.join(cfg.OUTPUT_DIR, "train_history.json"))
+    assert "hunter2" not in session["command"] and "--epochs 1" in session["command"]
+    assert "<redacted>" in session["command"]
+
 LOOP_SCRIPT = """
 import sys, time, torch
 from engine.loop import TrainingTelemetry

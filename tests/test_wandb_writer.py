@@ -126,7 +126,8 @@ def train(storage, writer, start, stop, offset):
             writer.write()
 
 
-def test_resume_continues_the_same_run_without_duplicates_or_gaps(tmp_path):
+@pytest.mark.parametrize("resume", [True, None], ids=["told", "from-storage-start"])
+def test_resume_continues_the_same_run_without_duplicates_or_gaps(tmp_path, resume):
     with EventStorage() as storage:
         crashed = make_writer(tmp_path)
         train(storage, crashed, 0, 101, offset=1000)  # writes 19 .. 99 and 100, then "crashes"
@@ -135,7 +136,8 @@ def test_resume_continues_the_same_run_without_duplicates_or_gaps(tmp_path):
     assert state == {"run_id": crashed.run.id, "last_iteration": 100}
 
     with EventStorage(60) as storage:
-        resumed = make_writer(tmp_path, resume=True)
+        # resume=None: the writer learns at its first write that training started at 60.
+        resumed = make_writer(tmp_path, resume=resume)
         train(storage, resumed, 60, 140, offset=0)
         resumed.close()
 
@@ -306,12 +308,13 @@ def test_a_cut_inside_the_header_holds_no_records(finished_run, tmp_path):
 
 
 def test_fresh_start_gets_a_new_run(tmp_path):
-    with EventStorage() as storage:
-        first = make_writer(tmp_path)
-        train(storage, first, 0, 20, offset=0)
-        first.close()
-        second = make_writer(tmp_path)  # not a resume
-        second.close()
+    writers = []
+    for _ in range(2):  # the second training starts at 0 again: not a resume
+        with EventStorage() as storage:
+            writers.append(make_writer(tmp_path))
+            train(storage, writers[-1], 0, 20, offset=0)
+            writers[-1].close()
+    first, second = writers
     assert first.run.id != second.run.id
     assert json.loads((tmp_path / STATE_FILE_NAME).read_text())["run_id"] == second.run.id
 

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from engine import writer_builder
 from engine.config import get_cfg
-from engine.hooks import HookBase, PeriodicWriter
+from engine.hooks import CallbackHook, HookBase, PeriodicWriter
 from engine.train_loop import SimpleTrainer
 from engine.writer_builder import build_writers
 from events.tensorboard_writer import tensorboard_tag
@@ -149,8 +149,9 @@ def test_wandb_raising_in_log_disables_only_wandb(tmp_path, caplog):
     def service_down(*args, **kwargs):
         raise ConnectionResetError("wandb service went away")
 
-    wandb_writer.writer.run.log = service_down
-    train(cfg, writers=writers)
+    # The run opens when training starts (build_writers was not told the start iteration).
+    break_wandb = CallbackHook(before_train=lambda _: setattr(wandb_writer.writer.run, "log", service_down))
+    train(cfg, writers=writers, hooks=[break_wandb])
     assert warnings_of(caplog) == [
         "WandbWriter failed in write() at iteration 19: ConnectionResetError: wandb service went away; "
         "it is disabled for the rest of training, the other writers go on."
@@ -188,11 +189,13 @@ def test_strict_writers_raise(tmp_path):
         train(cfg)
 
 
-def test_crash_at_100_and_resume_from_60_shows_each_step_once(tmp_path):
+@pytest.mark.parametrize("resume_iter", [60, None], ids=["told", "from-storage-start"])
+def test_crash_at_100_and_resume_from_60_shows_each_step_once(tmp_path, resume_iter):
     cfg = make_cfg(tmp_path, **{"SOLVER.MAX_ITER": 140})
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, max_iter=140, hooks=[CrashAt(100)])
-    train(cfg, start=60, max_iter=140, resume_iter=60)
+    # resume_iter=None: the writers learn at their first write that the trainer started at 60.
+    train(cfg, start=60, max_iter=140, resume_iter=resume_iter)
 
     steps = [19, 39, 59, 79, 99, 119, 139]
     records = json_records(cfg)

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from engine import comm  # noqa: E402
-from engine.checkpoint import Checkpointer  # noqa: E402
+from engine.checkpoint import Checkpointer, completed_run_notice  # noqa: E402
 from engine.config import ConfigError, dump_config, load_config  # noqa: E402
 from engine.defaults import (  # noqa: E402
     command_line,
@@ -44,7 +44,7 @@ from engine.demo.hf_detr import (  # noqa: E402
     hf_detr_weight_dict,
     to_hf_labels,
 )
-from engine.graceful_stop import GracefulStop, TrainingInterrupted  # noqa: E402
+from engine.graceful_stop import GracefulStop, TrainingInterrupted, exit_code_of  # noqa: E402
 from engine.loop import TrainingTelemetry  # noqa: E402
 from engine.solver import build_optimizer  # noqa: E402
 from events.writer_guard import MissingExtraError  # noqa: E402
@@ -63,6 +63,11 @@ def main(args) -> int:
         except (ConfigError, MissingExtraError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        notice = completed_run_notice(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER) if args.resume else None
+        if notice:
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+                print(notice)
+            return 0
         try:
             train(cfg, args.resume, stop)
         except FloatingPointError as e:
@@ -134,4 +139,5 @@ def train(cfg, resume: bool, stop: GracefulStop) -> None:
 if __name__ == "__main__":
     parser = default_argument_parser(__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
     parser.epilog = "Examples:\n" + "\n".join(line for line in __doc__.splitlines() if "python tools/" in line)
-    sys.exit(main(parser.parse_args()))
+    args = parser.parse_args()
+    sys.exit(exit_code_of(lambda: main(args)))

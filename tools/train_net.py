@@ -38,7 +38,7 @@ from engine.defaults import (  # noqa: E402
 from engine.demo.data import build_train_loader, build_val_loader, predicate_counts  # noqa: E402
 from engine.demo.model import build_demo_model  # noqa: E402
 from engine.evaluation import evaluate_loss  # noqa: E402
-from engine.graceful_stop import GracefulStop, TrainingInterrupted  # noqa: E402
+from engine.graceful_stop import GracefulStop, TrainingInterrupted, exit_code_of  # noqa: E402
 from engine.hooks import EvalHook, GradientClipper, IterationTimer, LRScheduler, PeriodicWriter  # noqa: E402
 from engine.metrics import LossDictReducer  # noqa: E402
 from engine.param_monitor import ParameterMonitor  # noqa: E402
@@ -221,14 +221,6 @@ def run(trainer: SimpleTrainer, cfg, config_file: str, start_iter: int, resumed:
     return 0
 
 
-def cli() -> int:
-    args = default_argument_parser(__doc__.splitlines()[0]).parse_args()
-    try:
-        return main(args)
-    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being honoured
-        print("error: interrupted twice; stopped at once, without a checkpoint of the current step", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    args = default_argument_parser(__doc__.splitlines()[0]).parse_args()
+    sys.exit(exit_code_of(lambda: main(args)))

@@ -21,11 +21,18 @@ After ``install()``, detectron2's ``SimpleTrainer``, ``AMPTrainer`` and ``Defaul
   ``WandbWriter``) beside detectron2's, e.g. from a ``DefaultTrainer.build_writers`` override;
 * ``TrainerBase.state_dict()`` holds the storage's state (key ``"event_storage"``), so
   ``DefaultTrainer.resume_or_load(resume=True)`` restores smoothing windows, global averages and
-  the ETA.
+  the ETA;
+* ``CommonMetricPrinter``, ``JSONWriter`` and ``TensorboardXWriter`` are ours (same signatures) in
+  every ``detectron2.*`` module that imported them by name, so ``default_writers()`` builds ours
+  (detectron2's ``TensorboardXWriter`` stays when tensorboardX is not installed). They and our
+  ``WandbWriter`` learn the start iteration from the storage at their first write (see
+  ``events.writers.ResumableWriter``): ``DefaultTrainer`` builds its writers before
+  ``resume_or_load`` knows it, yet after a resume metrics.json stays strictly increasing (the
+  crashed run's later records moved to ``metrics.json.superseded-at-N``), TensorBoard purges the
+  steps >= N and W&B continues the same run.
 
 detectron2's hooks (``IterationTimer``, ``LRScheduler``, ``EvalHook``, ``PeriodicCheckpointer``,
-``BestCheckpointer``, ``PreciseBN``) and writers (``default_writers()``: ``CommonMetricPrinter``,
-``JSONWriter``, ``TensorboardXWriter``) are left as they are; they read our storage through the
+``BestCheckpointer``, ``PreciseBN``) are left as they are; they read our storage through the
 same API. Written against detectron2 commit 02b5c4e295e990042a714712c21dc79b731e8833 (main,
 June 2026): ``engine/train_loop.py``, ``engine/hooks.py``, ``engine/defaults.py``,
 ``utils/events.py``, ``utils/comm.py``.
@@ -46,15 +53,17 @@ import torch.distributed as dist
 from engine import comm, metrics
 from engine.hooks import guard_writers
 from events import storage as our_storage
+from events.writers import CommonMetricPrinter, JSONWriter
 
 __all__ = ["install", "STORAGE_STATE_KEY"]
 
 STORAGE_STATE_KEY = "event_storage"
 _INSTALLED = "_detr_telemetry_installed"
 _STORAGE_NAMES = ("EventStorage", "get_event_storage", "has_event_storage")
+_WRITER_NAMES = ("CommonMetricPrinter", "JSONWriter", "TensorboardXWriter")
 # What the bridge reaches into; a detectron2 without one of these is not the one it was written for.
 _REQUIRED = {
-    "detectron2.utils.events": ("_CURRENT_STORAGE_STACK",) + _STORAGE_NAMES,
+    "detectron2.utils.events": ("_CURRENT_STORAGE_STACK",) + _STORAGE_NAMES + _WRITER_NAMES,
     "detectron2.engine.train_loop": ("TrainerBase", "SimpleTrainer", "AMPTrainer"),
     "detectron2.engine.hooks": ("PeriodicWriter",),
 }
@@ -78,6 +87,7 @@ def install() -> None:
         )
     train_loop = modules["detectron2.engine.train_loop"]
     _share_storage(events_module)
+    _use_our_writers(events_module)
     _route_write_metrics(train_loop.SimpleTrainer)
     for trainer_class in (train_loop.SimpleTrainer, train_loop.AMPTrainer):
         _track_async_writes(trainer_class)
@@ -117,14 +127,36 @@ def _share_storage(events_module: ModuleType) -> None:
     loaded ``detectron2.*`` module holding the original object gets ours. Code outside
     detectron2 that kept the originals still works: their stack is now ours.
     """
-    originals = {name: getattr(events_module, name) for name in _STORAGE_NAMES}
     events_module._CURRENT_STORAGE_STACK = our_storage._CURRENT_STORAGE_STACK
+    _replace_names(events_module, {name: getattr(our_storage, name) for name in _STORAGE_NAMES})
+
+
+def _use_our_writers(events_module: ModuleType) -> None:
+    """detectron2's writer classes, wherever detectron2 imported them by name, are ours.
+
+    ``default_writers()`` looks ``JSONWriter`` & co. up in ``detectron2.engine.defaults`` when it
+    runs, so code holding detectron2's ``default_writers`` from before ``install()`` gets ours.
+    """
+    ours: Dict[str, type] = {"CommonMetricPrinter": CommonMetricPrinter, "JSONWriter": JSONWriter}
+    # Ours needs tensorboardX (detectron2's, torch.utils.tensorboard): without it, detectron2's
+    # writer stays rather than default_writers() failing.
+    if importlib.util.find_spec("tensorboardX") is not None:
+        from events.tensorboard_writer import TensorboardXWriter
+
+        ours["TensorboardXWriter"] = TensorboardXWriter
+    _replace_names(events_module, ours)
+
+
+def _replace_names(events_module: ModuleType, ours: Mapping[str, Any]) -> None:
+    """Every loaded ``detectron2.*`` module holding ``detectron2.utils.events``' object of one of
+    these names gets ours under that name."""
+    originals = {name: getattr(events_module, name) for name in ours}
     for module_name, module in list(sys.modules.items()):
         if module is None or not (module_name == "detectron2" or module_name.startswith("detectron2.")):
             continue
         for name, original in originals.items():
             if getattr(module, name, None) is original:
-                setattr(module, name, getattr(our_storage, name))
+                setattr(module, name, ours[name])
 
 
 def _checkpoint_storage(trainer_base: type) -> None:

@@ -18,7 +18,7 @@ from .drawing import (axis_legend, curve, finish, grid, layer_colors, loss_axis,
                       readable_limits, run_color, run_label)
 from .families import SPLITS, TOTAL_LOSS_NAMES, KeyParts, group_keys, layer_order, parse_keys
 from .options import FigureSpec, PlotOptions
-from .presentation import (SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant,
+from .presentation import (SPLIT_FIGURE_NOTE, constant_note, is_step_series, split_constant,
                            validation_panel_title, with_unit)
 from .ranks import has_ranks, ranks_figure
 from .smoothing import smooth
@@ -26,7 +26,7 @@ from .style import RUN_COLORS
 from .train_val import train_val_pairs
 
 __all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys", "generalization_gap",
-           "validation_metrics"]
+           "validation_metrics", "numbered_figures"]
 
 _PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
@@ -270,8 +270,7 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions, notes: Se
             gap = generalization_gap(train, val, options) if bottom is not None and train is not None and val is not None else None
             if gap is not None:
                 points(bottom, table, gap, options, color=color_val, label=f"{prefix}val − train")
-        title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
-        top.set_title(title if len(title) <= TITLE_CHARS else pair.name)
+        top.set_title(pair.title)
         loss_axis(top, options)
         if bottom is None:
             if rows == 2:
@@ -357,18 +356,24 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     return specs
 
 
-def _add_panel_figures(specs: List[FigureSpec], orphans: List[str], stem: str, panels: List[Any], note: Optional[str],
-                       build: Callable[[List[Any], List[str]], Any], per_figure: int = _PANELS_PER_FIGURE) -> None:
-    """Figures ``stem``, ``stem_2``... of ``per_figure`` panels each, ``note`` on the last one;
-    without panels, ``note`` joins ``orphans``."""
+def numbered_figures(stem: str, panels: List[Any], note: Optional[str], orphans: List[str],
+                     per_figure: int = _PANELS_PER_FIGURE) -> List[Tuple[str, List[Any], List[str]]]:
+    """``(name, panels, notes)`` of the figures ``stem``, ``stem_2``... of ``per_figure`` panels
+    each, ``note`` on the last one; without panels there is no figure and ``note`` joins
+    ``orphans``. The PNGs and report.html split their figures with it alike."""
     if not panels:
         if note:
             orphans.append(note)
-        return
+        return []
     chunks = _chunks(panels, per_figure)
-    for number, chunk in enumerate(chunks):
-        notes = [note] if note and number == len(chunks) - 1 else []
-        name = stem + (f"_{number + 1}" if number else "")
+    return [(stem + (f"_{number + 1}" if number else ""), chunk, [note] if note and number == len(chunks) - 1 else [])
+            for number, chunk in enumerate(chunks)]
+
+
+def _add_panel_figures(specs: List[FigureSpec], orphans: List[str], stem: str, panels: List[Any], note: Optional[str],
+                       build: Callable[[List[Any], List[str]], Any], per_figure: int = _PANELS_PER_FIGURE) -> None:
+    """The ``numbered_figures`` of ``panels``, each built by ``build(panels, notes)`` when asked."""
+    for name, chunk, notes in numbered_figures(stem, panels, note, orphans, per_figure):
         specs.append(FigureSpec(name, _bind(build, chunk, notes), len(chunk)))
 
 

@@ -35,7 +35,7 @@ from .report_page import PAGE_TEMPLATE
 from .report_plan import Panel, Section, Trace, plan_report
 from .smoothing import envelope, smooth, thin
 from .style import PlottingUnavailable
-from .summary import _CONVERGENCE_RULE, TABLE_COLUMNS, TOO_FEW_POINTS, RunSummary, _headline, convergence_text, summarize, table_cells
+from .summary import TABLE_COLUMNS, RunSummary, _headline, convergence_note, summarize, table_cells
 
 __all__ = ["write_html_report", "render_html_report", "find_config"]
 
@@ -218,8 +218,9 @@ def _summary_html(summaries: Sequence[RunSummary]) -> str:
         lines = "".join(f"<li>{html.escape(line)}</li>" for line in _headline(run, max_best=len(run.keys)))
         parts.append(f"<h3>{html.escape(run.label)}</h3><p class='source'>Source: <code>{html.escape(run.source)}</code></p>"
                      f"<ul>{lines}</ul><table class='summary'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        if any(convergence_text(key) == TOO_FEW_POINTS for key in run.keys):  # as under summary.md's table
-            parts.append(f"<p class='note'>{html.escape(_CONVERGENCE_RULE)}.</p>")
+        note = convergence_note(run.keys)  # as under summary.md's table
+        if note:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
     return "\n".join(parts)
 
 

@@ -12,10 +12,10 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .families import KeyParts, group_keys, layer_order
-from .figures import (_PANELS_PER_FIGURE, _chunks, _drop_constant, _main_train_loss, _training_span, _validation_panels,
-                      generalization_gap, validation_metrics)
+from .figures import (_PANELS_PER_FIGURE, _drop_constant, _main_train_loss, _training_span, _validation_panels,
+                      generalization_gap, numbered_figures, validation_metrics)
 from .options import PlotOptions
-from .presentation import SPLIT_FIGURE_NOTE, TITLE_CHARS, constant_note, is_step_series, split_constant, with_unit
+from .presentation import SPLIT_FIGURE_NOTE, constant_note, is_step_series, split_constant, with_unit
 from .ranks import rank_panels, rank_styles
 from .style import RUN_COLORS
 from .train_val import train_val_pairs
@@ -198,8 +198,7 @@ def _train_val(tables: Sequence[LogTable], options: PlotOptions) -> Section:
         return Section("train_vs_val", "train vs validation loss", [panel], columns=1, panel_legends=True)
     tops, gaps = [], []
     for pair in pairs:
-        title = f"{pair.name}: {'train vs validation' if pair.gap else 'not like with like (see below)'}"
-        top = Panel(title if len(title) <= TITLE_CHARS else pair.name, loss=True)
+        top = Panel(pair.title, loss=True)
         gap_panel = Panel("generalization gap (val − smoothed train)", zero_line=True)
         for index, table in enumerate(tables):
             prefix = "" if single else f"{_run(table, index)}: "
@@ -230,12 +229,8 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
     orphans: List[str] = []
 
     def add(stem: str, title: str, panels: List[Panel], note: Optional[str], per: int = _PANELS_PER_FIGURE, **layout: Any) -> None:
-        chunks = _chunks(panels, per) if panels else []
-        if not chunks and note:
-            orphans.append(note)
-        for number, chunk in enumerate(chunks):
-            notes = [note] if note and number == len(chunks) - 1 else []
-            sections.append(Section(stem + (f"_{number + 1}" if number else ""), title, chunk, notes=notes, **layout))
+        for name, chunk, notes in numbered_figures(stem, panels, note, orphans, per):
+            sections.append(Section(name, title, chunk, notes=notes, **layout))
 
     if groups.total or "lr" in train_names or "time" in train_names:
         sections.append(Section("overview", "overview", _overview(tables, groups.total), columns=1, panel_legends=True))

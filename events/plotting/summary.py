@@ -36,7 +36,7 @@ from .smoothing import SmoothSpec, smooth
 from .train_val import train_val_pairs
 
 __all__ = ["KeySummary", "OverfitCheck", "RunSummary", "summarize", "write_summary", "format_summary", "count_spikes",
-           "convergence_text"]
+           "convergence_text", "convergence_note"]
 
 CONVERGED_CV = 0.05
 WINDOW_POINTS = 10  # the fewest points a last-window CV is taken over
@@ -286,6 +286,12 @@ _CONVERGENCE_RULE = (f"converged: CV of the last 10% of the points (at least {WI
                      f"a series of fewer than {VERDICT_POINTS} points gets no verdict ({TOO_FEW_POINTS})")
 
 
+def convergence_note(keys: Sequence[KeySummary]) -> Optional[str]:
+    """The sentence under a summary table (summary.md's, report.html's) that has a "too few
+    points" cell, saying what the verdict needs; None when no cell says so."""
+    return f"{_CONVERGENCE_RULE}." if any(convergence_text(key) == TOO_FEW_POINTS for key in keys) else None
+
+
 def _fixed(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
 
@@ -335,8 +341,9 @@ def _markdown_table(keys: Sequence[KeySummary]) -> List[str]:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for key in keys:
         lines.append("| " + " | ".join(table_cells(key)) + " |")
-    if any(convergence_text(key) == TOO_FEW_POINTS for key in keys):
-        lines += ["", _CONVERGENCE_RULE + "."]
+    note = convergence_note(keys)
+    if note:
+        lines += ["", note]
     return lines
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .families import TOTAL_LOSS_NAMES, parse_keys
+from .presentation import TITLE_CHARS
 
 __all__ = ["TrainValPair", "train_val_pairs", "sum_series", "sample_weights"]
 
@@ -35,6 +36,12 @@ class TrainValPair:
     terms: Tuple[str, ...]
     gap: bool = True
     note: Optional[str] = None
+
+    @property
+    def title(self) -> str:
+        """The comparison's panel title (the bare name when the whole does not fit one panel)."""
+        title = f"{self.name}: {'train vs validation' if self.gap else 'not like with like (see below)'}"
+        return title if len(title) <= TITLE_CHARS else self.name
 
     def train(self, table: LogTable) -> Optional[Series]:
         return _summed(table.train, self.terms)

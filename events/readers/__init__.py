@@ -19,7 +19,7 @@ from typing import Iterator, List, Tuple, Union
 
 from .assemble import Collected, assemble_runs
 from .csv_metrics import collect_csv
-from .detect import FORMATS, sniff_format
+from .detect import FORMATS, HEAD_BYTES, sniff_format
 from .detectron2_log import collect_detectron2_log
 from .discover import LogFile, best_log_in, find_logs, log_label
 from .json_formats import JSON_FORMATS, collect_json, stepped_key
@@ -75,9 +75,6 @@ def _resolve(path: str) -> str:
     return path
 
 
-_HEAD_BYTES = 1 << 20
-
-
 def _read_head(path: str) -> Tuple[bytes, int]:
     """``(the first MiB and a byte, the file's size)``: enough to tell the format. When that
     holds no newline, the head runs on to the end of the first line (a metrics.json record
@@ -85,12 +82,12 @@ def _read_head(path: str) -> Tuple[bytes, int]:
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            head = handle.read(_HEAD_BYTES + 1)
-            if len(head) > _HEAD_BYTES and b"\n" not in head:
+            head = handle.read(HEAD_BYTES + 1)
+            if len(head) > HEAD_BYTES and b"\n" not in head:
                 head += handle.readline()
     except OSError as error:
         raise LogReadError(f"{path}: cannot read: {error.strerror or error}") from None
-    if not head or (len(head) <= _HEAD_BYTES and head.isspace()):
+    if not head or (len(head) <= HEAD_BYTES and head.isspace()):
         raise LogReadError(f"{path}: the file is empty")
     return head, max(size, len(head))
 
@@ -130,7 +127,7 @@ def _collect(path: str, head: bytes, size: int, fmt: str, skipped: SkippedLines,
         step_key = stepped_key(fmt, decode_json_lines(head, SkippedLines()).records)
         if step_key is not None:
             return collect_stepped_file(path, size, step_key, skipped, jobs=jobs)
-    data = head if len(head) <= _HEAD_BYTES else _read_bytes(path)  # a short head is the whole file
+    data = head if len(head) <= HEAD_BYTES else _read_bytes(path)  # a short head is the whole file
     if fmt in JSON_FORMATS:
         numbers, records, _ = decode_json_lines(data, skipped)
         return collect_json(fmt, numbers, records, skipped)

@@ -9,7 +9,7 @@ from .json_lines import decode_json_lines
 from .table import SkippedLines
 from .values import clean_line
 
-__all__ = ["sniff_format", "TEXT_FORMAT", "FORMATS"]
+__all__ = ["sniff_format", "TEXT_FORMAT", "FORMATS", "HEAD_BYTES"]
 
 TEXT_FORMAT = "detectron2-log"
 FORMATS = ("tensorboard", "detectron2-metrics", "detr-log", "mmdet-json", "mmengine-scalars", "jsonl", "csv",
@@ -17,7 +17,9 @@ FORMATS = ("tensorboard", "detectron2-metrics", "detr-log", "mmdet-json", "mmeng
 # Every line MMEngine's logger writes to its .log file (and console) carries its name.
 _MMENGINE_MARK = b" - mmengine - "
 
-_HEAD_BYTES = 1 << 20
+# How much of a file's start the format is told from (read_runs reads one byte more, so that
+# sniff_format knows whether the file goes on).
+HEAD_BYTES = 1 << 20
 _HEAD_LINES = 200
 
 
@@ -35,8 +37,8 @@ def sniff_format(data: bytes) -> str:
     """
     if _is_tensorboard(data):
         return "tensorboard"
-    head = data[:_HEAD_BYTES]
-    if len(data) > _HEAD_BYTES:  # whole lines only, at least the first one however long
+    head = data[:HEAD_BYTES]
+    if len(data) > HEAD_BYTES:  # whole lines only, at least the first one however long
         cut = head.rfind(b"\n")
         cut = data.find(b"\n") if cut == -1 else cut
         head = data[: cut + 1] if cut != -1 else head
