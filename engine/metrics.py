@@ -24,15 +24,19 @@ that is identical on every rank:
   gathered numbers.
 
 How: all ranks keep an identical *registry* of key names (same order). Each step packs
-``[values over the registry, count per key, data_time, "has unregistered keys", "invalid"]``
+``[value per key | weight per key | _HOST_COLUMNS]`` (a weight is the key's count, or 1/0 for
+present/absent; then "has unregistered keys", "invalid", data_time and the per-rank numbers)
 into one float64 row and exchanges it with one ``all_gather``; each rank then reduces the
-``[world, length]`` matrix locally. When some rank flags keys the registry lacks (the first
+``[world, steps, length]`` array locally. Means are taken as ``sum_r (w_r / sum w) v_r`` with the
+weights scaled first, so finite values cannot overflow; a total that does overflow raises
+:class:`NonFiniteLossError` like a NaN. CPU values are read once each (``Tensor.item``: cheaper
+than ``torch.stack`` there); values on a device are stacked there and cross to the host once. When some rank flags keys the registry lacks (the first
 step, the first synthetic batch), every rank sees the flag, the new names are exchanged once
 with ``all_gather_object``, the registry grows in the same order everywhere and the step is
 packed again. That costs two extra collectives, once per new key set.
 
 Deferred mode (:meth:`LossDictReducer.add` / :meth:`LossDictReducer.flush`, or
-``MetricsWriter(deferred=True)``) keeps each step's packed row on the loss dict's device and
+``MetricsWriter(deferred=True)``) keeps each step's packed values (on the loss dict's device) and
 reduces the whole period with one host transfer and one collective at the flush: no host sync
 and no communication per step. The trade-off: a NaN is noticed at the flush, up to one period
 late. The error then names the first bad iteration, and the steps before it are still written.
@@ -41,8 +45,9 @@ late. The error then names the first bad iteration, and the steps before it are 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import itertools
+import math
 import operator
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -60,6 +65,7 @@ __all__ = [
     "NonFiniteLossError",
     "LossDictReducer",
     "MetricsWriter",
+    "ReducedRow",
     "write_metrics",
     "is_loss_term",
     "backward_total",
@@ -72,13 +78,21 @@ TOTAL_LOSS_WEIGHTED = "total_loss_weighted"
 DATA_TIME = "data_time"
 RANK_DATA_TIME = "rank_data_time"
 
-# The host columns closing every packed row (see _Layout), then the per-rank numbers
-# (engine/rank_stats.py; zeros when the reducer does not log them).
-_DATA_TIME, _HAS_UNREGISTERED, _INVALID = range(3)
+# The per-rank host values closing every exchanged row, after the device values: two flags,
+# then this rank's figures. The one all_gather hands every rank every rank's copy, so another
+# per-rank figure is one more name at the end here, its value in the tuple _exchange writes for
+# each _PendingStep, and a read of that column of ``host`` (``[world, steps,
+# len(_HOST_COLUMNS)]``) in LossDictReducer._reduce. The rank_* columns are engine/rank_stats.py's
+# numbers (zeros when the reducer does not log them).
+_HOST_COLUMNS = ("has_unregistered", "invalid", "data_time") + tuple("rank_" + field for field in RANK_FIELDS)
+_HAS_UNREGISTERED, _INVALID, _DATA_TIME = range(3)
 _RANK_COLUMNS = slice(3, 3 + len(RANK_FIELDS))
-_NUM_EXTRA_COLUMNS = 3 + len(RANK_FIELDS)
+_NUM_EXTRA_COLUMNS = len(_HOST_COLUMNS)
+_NO_RANK_VALUES = (0.0,) * len(RANK_FIELDS)
 
 Reduced = Dict[str, float]
+# One reduced step as the storage takes it: (iteration, names, values aligned with the names).
+ReducedRow = Tuple[int, Tuple[str, ...], np.ndarray]
 
 
 def is_loss_term(name: str, keys: Any) -> bool:
@@ -131,66 +145,80 @@ class NonFiniteLossError(FloatingPointError):
         self.iteration = iteration
         self.keys = list(bad_ranks)
         self.reduced_before = reduced_before
+        # A key without ranks is a reduction of finite values that overflowed (a mean of
+        # values near the float64 limit, a total of huge terms).
         named = ", ".join(
-            f"{key} (rank {', '.join(map(str, ranks))})" for key, ranks in bad_ranks.items()
+            f"{key} (rank {', '.join(map(str, ranks))})" if ranks else f"{key} (overflow of finite values)"
+            for key, ranks in bad_ranks.items()
         )
         super().__init__(f"Loss became infinite or NaN at iteration={iteration}: {named}")
 
 
 @dataclasses.dataclass
 class _Layout:
-    """Where each registered key lives in a packed row.
+    """Where each registered key lives in an exchanged row.
 
-    A row is ``[values of names | counts of count_keys | presence of uncounted]`` followed (at
-    exchange time) by ``[data_time, has unregistered keys, invalid]``. Values and counts are
-    device data; presence (1.0 / 0.0 for keys without a count) is known on the host for free.
+    A row is ``[values of names | weights of names]`` followed by the ``_HOST_COLUMNS``. A
+    counted name's weight is its count ``K + NUM_SAMPLES_SUFFIX`` (from the loss dict); any other
+    name's weight is its presence, 1.0 or 0.0, known on the host for free.
     """
 
     names: List[str]
     count_keys: List[str]  # ``K + NUM_SAMPLES_SUFFIX`` of the counted names, in registry order
     uncounted: List[str]
-    weight_order: np.ndarray  # registry index -> column in the [counts | presence] block
+    entry_columns: np.ndarray  # row column of each of names + count_keys (values, then counts)
+    uncounted_weights: np.ndarray  # row columns of the uncounted names' weights
     get_values: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # names' entries of a dict
     get_counts: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # count_keys' entries
+    get_entries: Callable[[Mapping[str, Any]], Tuple[Any, ...]]  # names' then count_keys' entries
 
     @classmethod
     def of(cls, names: Sequence[str], counted: Sequence[bool]) -> "_Layout":
-        num_counted = sum(counted)
-        order, next_count, next_presence = [], 0, num_counted
-        for is_counted in counted:
-            if is_counted:
-                order.append(next_count)
-                next_count += 1
-            else:
-                order.append(next_presence)
-                next_presence += 1
+        size = len(names)
         count_keys = [n + NUM_SAMPLES_SUFFIX for n, c in zip(names, counted) if c]
+        counted_index = [i for i, c in enumerate(counted) if c]
         return cls(
             names=list(names),
             count_keys=count_keys,
             uncounted=[n for n, c in zip(names, counted) if not c],
-            weight_order=np.asarray(order, dtype=np.intp),
+            entry_columns=np.asarray(list(range(size)) + [size + i for i in counted_index], dtype=np.intp),
+            uncounted_weights=np.asarray([size + i for i, c in enumerate(counted) if not c], dtype=np.intp),
             get_values=_tuple_getter(names),
             get_counts=_tuple_getter(count_keys),
+            get_entries=_tuple_getter(list(names) + count_keys),
         )
 
-    def presence(self, keys: Any) -> np.ndarray:
-        """1.0 / 0.0 per uncounted name: whether it is in ``keys``."""
-        return np.array([name in keys for name in self.uncounted], dtype=np.float64)
+    @property
+    def row_size(self) -> int:
+        """Length of the ``[values | weights]`` part."""
+        return 2 * len(self.names)
+
+    def template(self, keys: Any) -> np.ndarray:
+        """A row of zeros holding the presence weights of the uncounted names in ``keys``."""
+        row = np.zeros(self.row_size)
+        row[self.uncounted_weights] = [name in keys for name in self.uncounted]
+        return row
 
 
 @dataclasses.dataclass
 class _PendingStep:
-    """One rank's step, packed but not yet exchanged."""
+    """One rank's step, packed but not yet exchanged.
+
+    Its row is ``template`` with ``entries`` written at ``columns`` (see ``_Layout``), against
+    the registry at packing time (``registry_size`` names): ``entries`` is a float64 numpy array
+    when the loss dict was on the CPU, else a tensor on its device, moved to the host at the
+    exchange (one transfer for all pending steps).
+    """
 
     iteration: int
     data_time: float
-    row: torch.Tensor  # [values | counts] of the registry at packing time, float64, loss device
-    presence: np.ndarray  # of the uncounted names of the registry at packing time
+    entries: Any
+    columns: np.ndarray
+    template: np.ndarray
     registry_size: int
     unregistered: Optional[Dict[str, torch.Tensor]]  # entries the registry lacked, or None
     invalid: Optional[str]  # why this rank's dict cannot be reduced, or None
-    rank_values: np.ndarray  # [len(RANK_FIELDS)] this rank's timing and memory (rank_stats)
+    rank_values: Optional[np.ndarray]  # [len(RANK_FIELDS)] this rank's timing and memory, or None
 
 
 @dataclasses.dataclass
@@ -200,7 +228,23 @@ class _KeySetCheck:
     unregistered: Tuple[str, ...]  # keys (values and their counts) the registry lacks
     invalid: Optional[str]
     complete: bool = False  # holds every registered name (and count): no padding needed
-    presence: Optional[np.ndarray] = None  # see _Layout.presence
+    template: Optional[np.ndarray] = None  # see _Layout.template
+    # The registered entries it holds, in layout order, and their row columns.
+    get_present: Callable[[Mapping[str, Any]], Tuple[Any, ...]] = lambda source: ()
+    present_columns: Optional[np.ndarray] = None
+
+
+@dataclasses.dataclass
+class _Totals:
+    """What the totals add up for one weight dict (cached)."""
+
+    weight_dict: Optional[Dict[str, float]]  # a copy, to notice a change made in place
+    # [keys, totals]: column 0 is 1.0 for the terms of total_loss; column 1, with a weight
+    # dict, holds the weights of total_loss_weighted (0 for other keys).
+    matrix: np.ndarray
+    names: Tuple[str, ...]  # total_loss[, total_loss_weighted]
+    is_term: np.ndarray  # [keys] bool: column 0 of matrix
+    any_term: bool
 
 
 class LossDictReducer:
@@ -217,8 +261,8 @@ class LossDictReducer:
         reducer.add(loss_dict, data_time, iteration)                # each step
         for iteration, values in reducer.flush(): ...               # once per writer period
 
-    ``weight_dict`` is a plain attribute; it only decides the totals and may be replaced between
-    steps.
+    ``weight_dict`` is a plain attribute; it only decides the totals and may be replaced (or
+    changed) between steps.
     """
 
     def __init__(
@@ -237,10 +281,14 @@ class LossDictReducer:
         self._counted: List[bool] = []
         self._index: Dict[str, int] = {}
         self._layout = _Layout.of([], [])
-        self._loss_term_mask = np.zeros(0)  # 1.0 for registered names that are loss terms
         self._checks: Dict[Tuple[str, ...], _KeySetCheck] = {}
+        self._last_check: Tuple[Optional[Tuple[str, ...]], Optional[_KeySetCheck]] = (None, None)
         self._zeros: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._pending: List[_PendingStep] = []
+        self._totals_cache: Optional[_Totals] = None
+        # Output names per "which columns are held" mask: the same tuple object every step, so
+        # the storage recognises it at a glance.
+        self._output_names: Dict[bytes, Tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public API
     def reduce(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> Reduced:
@@ -255,22 +303,63 @@ class LossDictReducer:
             ``{key: mean over the ranks holding it, "total_loss", ["total_loss_weighted"],
             "data_time": max over ranks, "rank_data_time": this rank's}``; counts excluded.
         Raises:
-            NonFiniteLossError: on every rank, when a value is NaN/Inf on any rank.
+            NonFiniteLossError: on every rank, when a value is NaN/Inf on any rank, or a mean or
+                total of finite values overflows.
             ValueError: on every rank, when a rank's dict is malformed (named in the message).
         """
+        return _as_dict(self.reduce_row(loss_dict, data_time, iteration))[1]
+
+    def reduce_row(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> ReducedRow:
+        """:meth:`reduce`, returning ``(iteration, names, values)``: ``names`` is the same tuple
+        object at every step with the same keys, ``values`` a float64 array (what
+        ``EventStorage.put_scalars_bulk`` writes as one row)."""
         if self._pending:
             raise RuntimeError(
                 f"reduce() called with {len(self._pending)} deferred steps pending; flush() first"
             )
-        self.add(loss_dict, data_time, iteration)
-        return self.flush()[0][1]
+        distributed = comm.is_distributed()
+        step = self._pack(loss_dict, float(data_time), int(iteration), distributed)
+        if not distributed:
+            reduced = self._reduce_plain_step(step)
+            if reduced is not None:
+                return reduced
+        self._pending.append(step)
+        return self.flush_rows()[0]
+
+    def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
+        """The reduction of one step without a process group, when nothing is special about it:
+        registered keys read on the host, every key held, everything finite. ``None`` otherwise,
+        and the general path (:meth:`flush_rows`) decides. Same numbers as that path, without
+        its ``[world, steps]`` machinery: this is the per-step hot path of a single process."""
+        size = len(self._names)
+        if (
+            step.columns is not self._layout.entry_columns  # not every registered key (or invalid)
+            or step.unregistered is not None
+            or isinstance(step.entries, torch.Tensor)
+        ):
+            return None
+        totals = self._totals_for_weight_dict()
+        entries = step.entries  # [values of names | counts of count_keys], floats
+        try:
+            finite = math.isfinite(math.fsum(entries))
+        except OverflowError:
+            finite = False
+        if not (totals.any_term and finite and min(entries[size:], default=1.0) > 0):
+            return None
+        means = np.array(entries)[:size]
+        sums = (means @ totals.matrix).tolist()
+        if not all(map(math.isfinite, sums)):  # an overflowing total: the general path raises
+            return None
+        reduced = np.concatenate((means, sums + [step.data_time, step.data_time]))
+        return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
 
     def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
-        """Pack one step and keep it on the loss dict's device until :meth:`flush`.
+        """Pack one step and keep it until :meth:`flush`: on the CPU its values, else a row on
+        the loss dict's device (no host sync when the values are tensors on one device).
 
-        No communication, and no host sync when the values are tensors on one device.
+        No communication.
         """
-        self._pending.append(self._pack(loss_dict, float(data_time), int(iteration)))
+        self._pending.append(self._pack(loss_dict, float(data_time), int(iteration), comm.is_distributed()))
 
     @property
     def pending(self) -> int:
@@ -287,53 +376,82 @@ class LossDictReducer:
                 holds the steps before it. All pending steps are consumed either way.
             ValueError: on every rank, when a rank's dict was malformed.
         """
+        return list(map(_as_dict, self.flush_rows()))
+
+    def flush_rows(self) -> List[ReducedRow]:
+        """:meth:`flush`, returning ``(iteration, names, values)`` rows (see :meth:`reduce_row`)."""
         steps, self._pending = self._pending, []
         if not steps:
             return []
         gathered = self._exchange(steps)
-        flags = gathered[:, :, -_NUM_EXTRA_COLUMNS:]
-        if flags[:, :, _HAS_UNREGISTERED : _INVALID + 1].any():  # rare; every rank sees it: no hang
-            if flags[:, :, _INVALID].any():
-                self._raise_invalid(steps, flags[:, :, _INVALID])
+        flags = 2 * len(self._names)  # the flags are the first host columns
+        if gathered[:, :, flags : flags + 2].any():  # rare; every rank sees it: no hang
+            invalid = gathered[:, :, flags + _INVALID]
+            if invalid.any():
+                self._raise_invalid(steps, invalid)
             self._register(steps)
             gathered = self._exchange(steps)
-        return self._finish(steps, gathered)
+        return self._reduce(steps, gathered)
 
     # ------------------------------------------------------------------ packing (per step)
-    def _pack(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> _PendingStep:
+    def _pack(
+        self, loss_dict: Mapping[str, Any], data_time: float, iteration: int, distributed: bool
+    ) -> _PendingStep:
+        """One step's entries and host values; ``distributed``: whether a process group exists
+        (only then is there another rank to compare this rank's timing with)."""
         keys = tuple(loss_dict)
-        check = self._checks.get(keys)
-        if check is None:
-            check = self._checks[keys] = self._check_key_set(keys)
+        last_keys, check = self._last_check
+        if keys != last_keys:  # comparing with the last key set costs less than hashing it
+            check = self._checks.get(keys)
+            if check is None:
+                check = self._checks[keys] = self._check_key_set(keys)
+            self._last_check = (keys, check)
         size, layout = len(self._names), self._layout
         invalid, unregistered, source = check.invalid, None, loss_dict
         if invalid is None:
             try:
-                row = self._pack_entries(source, layout, check.complete)
+                entries, columns = self._pack_entries(source, layout, check)
             except (TypeError, RuntimeError):
-                # Python numbers, [1]-shaped or mixed-device tensors, or garbage: normalize
-                # entry by entry (slow, with a named error) and pack again.
+                # Python numbers, mixed-device tensors, or garbage: normalize entry by entry
+                # (slow, with a named error) and pack again.
                 source, invalid = _normalized(loss_dict)
                 if invalid is None:
-                    row = self._pack_entries(source, layout, check.complete)
+                    entries, columns = self._pack_entries(source, layout, check)
         if invalid is None and check.unregistered:
             # Rare (a new key set): keep the new entries, detached, to widen the row later.
             unregistered, invalid = _normalized({key: source[key] for key in check.unregistered})
         if invalid is not None:
-            device = _device_and_dtype(loss_dict)[0]
-            row = torch.zeros(size + len(layout.count_keys), dtype=torch.float64, device=device)
-            return _PendingStep(iteration, data_time, row, layout.presence(()), size, None, invalid, self._sample(data_time, row))
-        return _PendingStep(iteration, data_time, row, check.presence, size, unregistered, None, self._sample(data_time, row))
+            empty = np.zeros(0, dtype=np.intp)
+            return _PendingStep(
+                iteration, data_time, np.zeros(0), empty, layout.template(()), size, None, invalid, self._sample(data_time, None, distributed)
+            )
+        rank_values = self._sample(data_time, entries.device if isinstance(entries, torch.Tensor) else None, distributed)
+        return _PendingStep(iteration, data_time, entries, columns, check.template, size, unregistered, None, rank_values)
 
-    def _sample(self, data_time: float, row: torch.Tensor) -> np.ndarray:
-        if self._rank_stats is None:
-            return np.zeros(len(RANK_FIELDS))
-        return self._rank_stats.sample(data_time, row.device)
+    def _sample(self, data_time: float, device: Optional[torch.device], distributed: bool) -> Optional[np.ndarray]:
+        """This rank's timing and memory for the step packed now (engine/rank_stats.py), or None
+        when they are not logged (no other rank to compare with: not sampled at all)."""
+        if self._rank_stats is None or not distributed:
+            return None
+        return self._rank_stats.sample(data_time, device)
 
-    def _pack_entries(self, source: Mapping[str, Any], layout: _Layout, complete: bool) -> torch.Tensor:
-        """``layout``'s ``[values | counts]`` of ``source`` as one float64 vector on the entries'
-        device, built with ``torch.stack`` (asynchronous on CUDA: no host sync). Absent names
-        are padded with zeros unless ``source`` is known to be ``complete``."""
+    def _pack_entries(
+        self, source: Mapping[str, Any], layout: _Layout, check: _KeySetCheck
+    ) -> Tuple[Any, np.ndarray]:
+        """The registered entries of ``source`` and their row columns.
+
+        CPU tensors are read one by one (``Tensor.item`` costs less than stacking them) into a
+        float64 numpy array. Tensors on an accelerator are stacked on their device with
+        ``torch.stack`` (asynchronous: no host sync), absent names padded with zeros; that row
+        crosses to the host at the exchange.
+        """
+        present = check.get_present(source)
+        if present and isinstance(present[0], torch.Tensor) and not present[0].is_cpu:
+            return self._stack_on_device(source, layout, check.complete), layout.entry_columns
+        return list(map(torch.Tensor.item, present)), check.present_columns
+
+    def _stack_on_device(self, source: Mapping[str, Any], layout: _Layout, complete: bool) -> torch.Tensor:
+        """``[values of names | counts of count_keys]`` as one float64 vector on the device."""
         if complete:
             values, counts = layout.get_values(source), layout.get_counts(source)
         else:
@@ -348,12 +466,7 @@ class LossDictReducer:
             # Two stacks, not one: counts are often integer tensors, and a mixed-dtype stack is
             # several times slower than a uniform one.
             parts = [torch.stack(entries).to(torch.float64) for entries in (values, counts) if entries]
-            if len(parts) == 2:
-                row = torch.cat(parts)
-            elif parts:
-                row = parts[0]
-            else:  # nothing registered yet (the first step)
-                row = torch.zeros(0, dtype=torch.float64, device=_device_and_dtype(source)[0])
+            row = torch.cat(parts) if len(parts) == 2 else parts[0]
         if row.dim() != 1:
             raise RuntimeError("loss dict entries are not scalars")
         return row
@@ -375,48 +488,77 @@ class LossDictReducer:
             elif self._counted[index] != counted:
                 return _KeySetCheck((), _count_mismatch_message(key))
         layout = self._layout
-        complete = present.issuperset(layout.names) and present.issuperset(layout.count_keys)
-        return _KeySetCheck(tuple(unregistered), None, complete, layout.presence(present))
+        entry_keys = layout.names + layout.count_keys
+        held = [position for position, key in enumerate(entry_keys) if key in present]
+        complete = len(held) == len(entry_keys)
+        return _KeySetCheck(
+            tuple(unregistered),
+            None,
+            complete,
+            layout.template(present),
+            layout.get_entries if complete else _tuple_getter([entry_keys[position] for position in held]),
+            layout.entry_columns if complete else layout.entry_columns[held],
+        )
 
     # ------------------------------------------------------------------ exchange (per flush)
     def _exchange(self, steps: List[_PendingStep]) -> np.ndarray:
         """All ranks' packed steps as a host array ``[world, steps, row length]``."""
-        widened = [self._widened(step) for step in steps]
-        device_part = (
-            widened[0][0][None] if len(steps) == 1 else torch.stack([row for row, _ in widened])
-        )
-        num_presence = len(self._layout.uncounted)
-        host_part = np.empty((len(steps), num_presence + _NUM_EXTRA_COLUMNS))
-        for host_row, step, (_, presence) in zip(host_part, steps, widened):
-            host_row[:num_presence] = presence
-            host_row[num_presence : num_presence + 3] = (
-                step.data_time,
-                step.unregistered is not None,
-                step.invalid is not None,
-            )
-            host_row[num_presence + _RANK_COLUMNS.start :] = step.rank_values
+        size = steps[0].registry_size  # every pending step was packed against one registry
+        matrix = np.empty((len(steps), 2 * size + _NUM_EXTRA_COLUMNS))
+        rows = matrix[:, : 2 * size]
+        entries = self._host_entries(steps)
+        first = steps[0]
+        if len(steps) == 1 or all(step.columns is first.columns and step.template is first.template for step in steps):
+            rows[:] = first.template  # the usual case: one key set, written for all steps at once
+            rows[:, first.columns] = entries
+        else:
+            for row, step, step_entries in zip(rows, steps, entries):
+                row[:] = step.template
+                row[step.columns] = step_entries
+        matrix[:, 2 * size : 2 * size + 3] = [  # _HOST_COLUMNS
+            (step.unregistered is not None, step.invalid is not None, step.data_time) for step in steps
+        ]
+        matrix[:, 2 * size + _RANK_COLUMNS.start :] = [
+            _NO_RANK_VALUES if step.rank_values is None else step.rank_values for step in steps
+        ]
+        if size != len(self._names):
+            matrix = self._widened(steps, matrix)
         world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         if world_size == 1:
-            return np.concatenate([device_part.cpu().numpy(), host_part], axis=1)[None]
-        device = comm.collective_device(self._group)
-        # With gloo, device_part.to(cpu) is the one host transfer; with NCCL it is the .cpu() below.
-        packed = torch.cat([device_part.to(device), torch.from_numpy(host_part).to(device)], dim=1)
+            return matrix[None]
+        packed = torch.from_numpy(matrix).to(comm.collective_device(self._group))
         parts = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(parts, packed, group=self._group)
         if self._rank_stats is not None:
             self._rank_stats.exchanged()
         return torch.stack(parts).cpu().numpy()
 
-    def _widened(self, step: _PendingStep) -> Tuple[torch.Tensor, np.ndarray]:
-        """``step``'s row and presence against a registry that may have grown since packing."""
-        old, size = step.registry_size, len(self._names)
-        if old == size:
-            return step.row, step.presence
+    @staticmethod
+    def _host_entries(steps: List[_PendingStep]) -> List[Any]:
+        """Every step's entries on the host (lists of floats, arrays): those kept on a device
+        cross in one transfer."""
+        on_device = [step.entries for step in steps if isinstance(step.entries, torch.Tensor)]
+        if not on_device:
+            return [step.entries for step in steps]
+        host = torch.cat(on_device).cpu().numpy()
+        moved = iter(np.split(host, np.cumsum([len(entries) for entries in on_device])[:-1]))
+        return [next(moved) if isinstance(step.entries, torch.Tensor) else step.entries for step in steps]
+
+    def _widened(self, steps: List[_PendingStep], matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` (rows packed against a smaller registry) against the current registry,
+        with the entries the steps held for the names registered since."""
+        old, size = steps[0].registry_size, len(self._names)
         added = _Layout.of(self._names[old:], self._counted[old:])
-        source = step.unregistered or {}
-        new_row = self._pack_entries(source, added, complete=False).to(step.row.device)
-        row = torch.cat([step.row[:old], new_row[: size - old], step.row[old:], new_row[size - old :]])
-        return row, np.concatenate([step.presence, added.presence(source)])
+        widened = np.zeros((len(steps), 2 * size + _NUM_EXTRA_COLUMNS))
+        widened[:, :old] = matrix[:, :old]
+        widened[:, size : size + old] = matrix[:, old : 2 * old]
+        widened[:, 2 * size :] = matrix[:, 2 * old :]
+        for row, step in zip(widened, steps):
+            source = step.unregistered or {}
+            new = added.template(source)
+            new[added.entry_columns] = [float(source.get(key, 0.0)) for key in added.names + added.count_keys]
+            row[old:size], row[size + old : 2 * size] = new[: size - old], new[size - old :]
+        return widened
 
     def _register(self, steps: List[_PendingStep]) -> None:
         """Exchange unregistered names and extend the registry identically on every rank."""
@@ -438,14 +580,10 @@ class LossDictReducer:
             self._names.append(name)
             self._counted.append(counted)
         self._layout = _Layout.of(self._names, self._counted)
-        self._loss_term_mask = np.array(
-            [
-                name.startswith("loss") and not counted
-                for name, counted in zip(self._names, self._counted)
-            ],
-            dtype=np.float64,
-        )
         self._checks.clear()
+        self._last_check = (None, None)
+        self._totals_cache = None
+        self._output_names.clear()
 
     def _raise_invalid(self, steps: List[_PendingStep], invalid: np.ndarray) -> None:
         """Every rank raises the same ValueError for the first step some rank could not pack;
@@ -456,92 +594,113 @@ class LossDictReducer:
         raise ValueError(f"Invalid loss dict at iteration={steps[first].iteration}: {named}")
 
     # ------------------------------------------------------------------ reduction (host)
-    def _finish(self, steps: List[_PendingStep], gathered: np.ndarray) -> List[Tuple[int, Reduced]]:
-        layout, size = self._layout, len(self._names)
-        num_counts = len(layout.count_keys)
-        num_weights = num_counts + len(layout.uncounted)
+    @np.errstate(over="ignore", invalid="ignore")
+    def _reduce(self, steps: List[_PendingStep], gathered: np.ndarray) -> List[ReducedRow]:
+        """Every rank's identical reduction of ``gathered`` (``[world, steps, row length]``)."""
+        size = len(self._names)
         values = gathered[:, :, :size]  # [world, steps, keys]
-        weights = gathered[:, :, size : size + num_weights][:, :, layout.weight_order]
-        data_times = gathered[:, :, size + num_weights + _DATA_TIME].max(axis=0)
-        per_rank = self._per_rank(gathered[:, :, size + num_weights:][:, :, _RANK_COLUMNS])
+        weights = gathered[:, :, size : 2 * size]
+        host = gathered[:, :, 2 * size :]  # [world, steps, _HOST_COLUMNS]
+        per_rank = None  # per step, every rank's timing and memory as scalars (several ranks)
+        if self._rank_stats is not None and len(gathered) > 1:
+            per_rank = self._rank_stats.decode(host[:, :, _RANK_COLUMNS])
         last = len(steps)
+        bad = None
         # One sum tells whether everything is finite (a huge finite sum that overflows only
         # sends us down the careful path, which finds no problem).
-        all_finite = math.isfinite(gathered.sum())
-        if not all_finite or (num_counts and gathered[:, :, size : size + num_counts].min() < 0):
+        finite = math.isfinite(gathered.sum())
+        if finite:
+            means, held, all_held = _weighted_means(values, weights)  # [steps, keys]
+        # Every weight > 0 (all_held on one rank) rules out a negative count without a look.
+        if not finite or (self._layout.count_keys and not (all_held and len(gathered) == 1) and weights.min() < 0):
             # Rare: find the first step with a real problem, and mask out entries without
             # weight (a count of 0 may stand beside a NaN mean over nothing).
             present = weights > 0
-            with np.errstate(invalid="ignore"):
-                bad_values = present & ~np.isfinite(values)
-                bad_counts = ~np.isfinite(weights)
-                negative = weights < 0
-            problems = (bad_values | bad_counts | negative).any(axis=(0, 2))
+            bad = (present & ~np.isfinite(values), ~np.isfinite(weights), weights < 0)
+            problems = (bad[0] | bad[1] | bad[2]).any(axis=(0, 2))
             if problems.any():
                 last = int(np.argmax(problems))
-            usable = (
-                present & np.isfinite(values) & np.isfinite(weights)
-            )  # differs only in problem steps
+            usable = present & np.isfinite(values) & np.isfinite(weights)  # differs only in problem steps
             values, weights = np.where(usable, values, 0.0), np.where(usable, weights, 0.0)
-        if len(gathered) == 1:  # one rank: nothing to sum over
-            weight_sums, weighted_sums = weights[0], values[0] * weights[0]
+            means, held, all_held = _weighted_means(values, weights)
+        totals = self._totals_for_weight_dict()
+        reduced = size + len(totals.names)
+        data_times = (host[0] if len(host) == 1 else host.max(axis=0))[:, _DATA_TIME].tolist()
+        # [steps, keys | totals | data_time, rank_data_time]
+        table = np.concatenate(
+            (means, means @ totals.matrix, [(dt, step.data_time) for dt, step in zip(data_times, steps)]), axis=1
+        )
+        if totals.any_term and all_held:  # the usual case: every key held at every step
+            complete = [True] * len(steps)
         else:
-            weight_sums, weighted_sums = weights.sum(axis=0), (values * weights).sum(axis=0)
-        held = weight_sums > 0  # [steps, keys]
-        means = weighted_sums / np.where(held, weight_sums, 1.0)  # 0 where not held
-        totals = self._totals(means, held)
-
+            has_terms = (held & totals.is_term).any(axis=1)  # a total needs a held term
+            complete = (held.all(axis=1) & has_terms).tolist()
+        # Finite inputs whose mean or total overflowed raise as a NaN does, on every rank.
+        overflows = not math.isfinite(table[:last, :reduced].sum())
         results = []
-        names = self._names
-        for index, held_here, means_here, data_time in zip(
-            range(last), held.tolist(), means.tolist(), data_times.tolist()
-        ):
-            if all(held_here):
-                reduced = dict(zip(names, means_here))
+        for index in range(last):
+            row = table[index]
+            if complete[index]:
+                names = self._output_names.get(None) or self._output_names_for(None, totals)
             else:
-                reduced = dict(
-                    zip(itertools.compress(names, held_here), itertools.compress(means_here, held_here))
-                )
-            for name, column in totals:
-                if column[index] is not None:
-                    reduced[name] = column[index]
-            reduced[DATA_TIME] = data_time
-            reduced[RANK_DATA_TIME] = steps[index].data_time
-            reduced.update(per_rank[index])
-            results.append((steps[index].iteration, reduced))
+                shown = np.concatenate([held[index], np.repeat(has_terms[index], len(totals.names)), [True, True]])
+                names, row = self._output_names_for(shown, totals), row[shown]
+            if overflows:
+                overflowed = {name: [] for name, value in zip(names, row[:-2].tolist()) if not math.isfinite(value)}
+                if overflowed:
+                    raise NonFiniteLossError(steps[index].iteration, overflowed, list(map(_as_dict, results)))
+            if per_rank is not None and per_rank[index]:
+                names, row = self._with_rank_scalars(names, row, per_rank[index])
+            results.append((steps[index].iteration, names, row))
         if last < len(steps):
             self._raise_for_step(
-                steps[last].iteration,
-                bad_values[:, last],
-                bad_counts[:, last],
-                negative[:, last],
-                results,
+                steps[last].iteration, *(mask[:, last] for mask in bad), list(map(_as_dict, results))
             )
         return results
 
-    def _per_rank(self, block: np.ndarray) -> List[Dict[str, float]]:
-        """Per step, the per-rank scalars of ``block`` (``[world, steps, len(RANK_FIELDS)]``)."""
-        if self._rank_stats is None:
-            return [{} for _ in range(block.shape[1])]
-        return self._rank_stats.decode(block)
+    def _output_names_for(self, shown: Optional[np.ndarray], totals: "_Totals") -> Tuple[str, ...]:
+        """The names of a reduced row: every registered name, the totals and the data times, or
+        those ``shown`` selects; the same tuple object every time (the storage's fast path)."""
+        key = None if shown is None else shown.tobytes()
+        names = self._output_names.get(key)
+        if names is None:
+            every = self._names + list(totals.names) + [DATA_TIME, RANK_DATA_TIME]
+            names = tuple(every) if shown is None else tuple(itertools.compress(every, shown.tolist()))
+            self._output_names[key] = names
+        return names
 
-    def _totals(self, means: np.ndarray, held: np.ndarray) -> List[Tuple[str, List[Optional[float]]]]:
-        """``[(name, per-step value or None)]`` for total_loss (and total_loss_weighted);
-        ``means`` / ``held`` are ``[steps, keys]`` (means 0 where not held)."""
-        weight_dict = self.weight_dict
+    def _with_rank_scalars(
+        self, names: Tuple[str, ...], row: np.ndarray, rank_scalars: Dict[str, float]
+    ) -> Tuple[Tuple[str, ...], np.ndarray]:
+        """``names`` / ``row`` followed by the per-rank scalars (engine/rank_stats.py), with the
+        same names tuple object whenever the same keys come back."""
+        key = (names, tuple(rank_scalars))
+        combined = self._output_names.get(key)
+        if combined is None:
+            combined = self._output_names[key] = names + key[1]
+        return combined, np.concatenate((row, list(rank_scalars.values())))
+
+    def _totals_for_weight_dict(self) -> "_Totals":
+        """What the totals add up for the current ``weight_dict`` (recomputed when it changes)."""
+        weight_dict, cache = self.weight_dict, self._totals_cache
+        if cache is not None and (
+            cache.weight_dict is None if weight_dict is None else cache.weight_dict == weight_dict
+        ):
+            return cache
         if weight_dict is None:
-            in_total, weights = self._loss_term_mask, None
+            in_total = [name.startswith("loss") and not counted for name, counted in zip(self._names, self._counted)]
+            columns, names = [in_total], (TOTAL_LOSS,)
         else:
-            in_total = np.array([name in weight_dict for name in self._names], dtype=np.float64)
-            weights = np.array([weight_dict.get(name, 0.0) for name in self._names], dtype=np.float64)
-        has_terms = (held @ in_total > 0).tolist()
-        columns = [(TOTAL_LOSS, means @ in_total)]
-        if weights is not None:
-            columns.append((TOTAL_LOSS_WEIGHTED, means @ weights))
-        return [
-            (name, [value if has else None for value, has in zip(column.tolist(), has_terms)])
-            for name, column in columns
-        ]
+            in_total = [name in weight_dict for name in self._names]
+            weights = [weight_dict.get(name, 0.0) for name in self._names]
+            columns, names = [in_total, weights], (TOTAL_LOSS, TOTAL_LOSS_WEIGHTED)
+        if cache is None or cache.names != names:
+            self._output_names.clear()
+        copy = None if weight_dict is None else dict(weight_dict)
+        is_term = np.array(in_total, dtype=bool)
+        matrix = np.array(columns, dtype=np.float64).T.reshape(len(self._names), len(names))
+        self._totals_cache = _Totals(copy, matrix, names, is_term, bool(is_term.any()))
+        return self._totals_cache
 
     def _raise_for_step(
         self,
@@ -563,6 +722,30 @@ class LossDictReducer:
             f"Negative sample count {self._names[index] + NUM_SAMPLES_SUFFIX!r} on rank {rank} "
             f"at iteration={iteration}"
         )
+
+
+def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """``sum_r w_r v_r / sum_r w_r`` over ranks (axis 0), whether any rank held each key
+    (``[steps, keys]`` both), and whether every key was held at every step.
+
+    Computed as ``sum_r (w_r / sum w) v_r`` with the weights first scaled by their maximum, so
+    finite inputs cannot overflow (``1.5e308`` on two ranks averages to ``1.5e308``, where the
+    sum first would give ``inf``). Entries without weight give 0 (not held).
+    """
+    if len(values) == 1:  # one rank: its values are the means
+        held = weights[0] > 0
+        all_held = bool(held.all())
+        return (values[0] if all_held else np.where(held, values[0], 0.0)), held, all_held
+    scale = weights.max(axis=0)
+    held = scale > 0
+    shares = weights / np.where(held, scale, 1.0)  # in [0, 1]
+    shares /= np.where(held, shares.sum(axis=0), 1.0)
+    return (shares * values).sum(axis=0), held, bool(held.all())
+
+
+def _as_dict(reduced: ReducedRow) -> Tuple[int, Reduced]:
+    iteration, names, values = reduced
+    return iteration, dict(zip(names, values.tolist()))
 
 
 def _count_mismatch_message(name: str) -> str:
@@ -610,9 +793,16 @@ def _normalized(loss_dict: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], 
     return normalized, None
 
 
-def _put(storage: Any, iteration: int, values: Reduced, prefix: str) -> None:
-    names = [prefix + name for name in values] if prefix else list(values)
-    storage.put_scalars_bulk(names, list(values.values()), cur_iter=iteration)
+def _put(storage: Any, reduced: ReducedRow, prefix: str) -> None:
+    """Put one reduced step into ``storage`` as one row, every name prefixed with ``prefix``."""
+    iteration, names, values = reduced
+    storage.put_scalars_bulk(_prefixed(prefix, names) if prefix else names, values, cur_iter=iteration)
+
+
+@functools.lru_cache(maxsize=64)
+def _prefixed(prefix: str, names: Tuple[str, ...]) -> Tuple[str, ...]:
+    # The same tuple object every step, so the storage recognises the row at a glance.
+    return tuple(prefix + name for name in names)
 
 
 class MetricsWriter:
@@ -652,7 +842,7 @@ class MetricsWriter:
         storage = get_event_storage()
         iteration = storage.iter if cur_iter is None else int(cur_iter)
         if not self.deferred:
-            _put(storage, iteration, self.reducer.reduce(loss_dict, data_time, iteration), self.prefix)
+            _put(storage, self.reducer.reduce_row(loss_dict, data_time, iteration), self.prefix)
             return
         self.reducer.add(loss_dict, data_time, iteration)
         if (iteration + 1) % self.period == 0 or self.reducer.pending >= self.period:
@@ -664,13 +854,13 @@ class MetricsWriter:
             return
         storage = get_event_storage()
         try:
-            results = self.reducer.flush()
+            results = self.reducer.flush_rows()
         except NonFiniteLossError as error:
             for iteration, values in error.reduced_before:
-                _put(storage, iteration, values, self.prefix)
+                _put(storage, (iteration, tuple(values), np.fromiter(values.values(), np.float64)), self.prefix)
             raise
-        for iteration, values in results:
-            _put(storage, iteration, values, self.prefix)
+        for reduced in results:
+            _put(storage, reduced, self.prefix)
 
 
 _shared_reducer: Optional[Tuple[Any, LossDictReducer]] = None
@@ -705,4 +895,4 @@ def write_metrics(
     iteration = storage.iter if cur_iter is None else int(cur_iter)
     reducer = _reducer_for_world()
     reducer.weight_dict = weight_dict
-    _put(storage, iteration, reducer.reduce(loss_dict, data_time, iteration), prefix)
+    _put(storage, reducer.reduce_row(loss_dict, data_time, iteration), prefix)

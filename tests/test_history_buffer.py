@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from events.history_buffer import HistoryBuffer
+from events.history_buffer import HistoryBuffer, column_medians
 
 
 def test_window_statistics_match_numpy_over_the_last_values():
@@ -74,3 +74,27 @@ def test_memory_is_flat_as_steps_grow():
     tracemalloc.stop()
     growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert growth < 10_000, f"history grew by {growth} bytes over 198k updates"
+
+
+def test_column_medians_equal_numpy_medians_nan_included():
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 8), 64, 65, 100]:  # short windows are sorted, long ones partitioned
+        values = rng.normal(size=(n, 5))
+        values[rng.random((n, 5)) < 0.15] = np.nan
+        np.testing.assert_array_equal(column_medians(values), np.median(values, axis=0))
+
+
+def test_fvcore_scenario_many_lengths_default_iterations_and_statistics():
+    # fvcore's own HistoryBuffer check: 1000 integer updates into buffers of random lengths.
+    rng = np.random.default_rng(42)
+    for length in rng.integers(1, 1000, size=15).tolist():
+        data = rng.integers(1000, size=1000)
+        buf = HistoryBuffer(length)
+        for v in data:
+            buf.update(v)
+        values, iterations = zip(*buf.values())
+        assert list(values) == data[-length:].tolist()
+        assert list(iterations) == list(range(1000 - length, 1000))
+        assert buf.global_avg() == pytest.approx(data.mean())
+        window = data[-min(100, length):]
+        assert buf.median(100) == np.median(window) and buf.avg(100) == pytest.approx(window.mean())

@@ -166,13 +166,16 @@ def test_numbers_odd_shapes_dtypes_and_grad_tensors_are_accepted():
     }
     reducer = LossDictReducer()
     reducer.add(loss_dict, 0.0, 0)
-    assert not reducer._pending[0].row.requires_grad  # a pending step keeps no autograd graph
+    row = reducer._pending[0].entries  # a pending step keeps no autograd graph
+    assert not isinstance(row, torch.Tensor) or not row.requires_grad
     ((_, reduced),) = reducer.flush()
     assert reduced["total_loss"] == pytest.approx(0.5 + 0.25 + 0.125 + 2.0 + 6.0)
     assert reduced["loss_counted"] == 1.0
 
 
-def test_no_per_key_item_and_a_single_host_transfer(monkeypatch):
+def test_cpu_values_are_read_once_each_without_stacking_or_copies(monkeypatch):
+    # On the CPU reading each value once costs less than a stack; on a device the row is stacked
+    # there and crosses once (test_one_host_sync_per_step_on_cuda_and_none_deferred).
     reducer = LossDictReducer()
     reducer.reduce(detr_like_dict(), 0.0, 0)  # registers the keys
     calls = {"item": 0, "tolist": 0, "cpu": 0, "numpy": 0}
@@ -184,9 +187,9 @@ def test_no_per_key_item_and_a_single_host_transfer(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
+    monkeypatch.setattr(torch, "stack", None)
     reducer.reduce(detr_like_dict(), 0.0, 1)
-    assert calls["item"] == 0 and calls["tolist"] == 0
-    assert calls["cpu"] == 1 and calls["numpy"] == 1
+    assert calls == {"item": len(detr_like_dict()), "tolist": 0, "cpu": 0, "numpy": 0}
 
 
 def scripted_steps():
@@ -334,6 +337,51 @@ def test_backward_total_keeps_the_graph_and_follows_the_totals():
         backward_total(loss_dict, {"loss_giou": 1.0})
     with pytest.raises(ValueError, match="no loss terms"):
         backward_total({"k_log": T(1.0)})
+
+
+def test_finite_values_near_the_float64_limit_do_not_overflow_and_an_overflowing_total_raises():
+    huge = T(1.5e308, dtype=torch.float64)
+    reducer = LossDictReducer()
+    reduced = reducer.reduce({"loss_ce": huge, "k_log": T(1.0)}, 0.0, 0)
+    assert reduced["loss_ce"] == 1.5e308 and reduced["total_loss"] == 1.5e308
+    with pytest.raises(NonFiniteLossError, match=r"iteration=1: total_loss \(overflow of finite values\)"):
+        reducer.reduce({"loss_ce": huge, "loss_bbox": huge}, 0.0, 1)
+    with EventStorage() as storage:  # deferred: the steps before the overflow are still written
+        writer = MetricsWriter(deferred=True, period=3)
+        writer.write({"loss_ce": huge, "loss_bbox": T(1.0, dtype=torch.float64)}, 0.0, cur_iter=0)
+        writer.write({"loss_ce": huge, "loss_bbox": huge}, 0.0, cur_iter=1)
+        with pytest.raises(NonFiniteLossError, match="iteration=1: total_loss"):
+            writer.write({"loss_ce": T(1.0), "loss_bbox": T(1.0)}, 0.0, cur_iter=2)
+    assert storage.latest()["total_loss"] == (1.5e308, 0)
+
+
+def _cuda_syncs(action):
+    """How many times ``action`` synchronised the host with the GPU (torch's sync debug mode)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            action()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (counts host-GPU synchronisations)")
+def test_one_host_sync_per_step_on_cuda_and_none_deferred():
+    cuda_dict = {name: value.cuda() for name, value in detr_like_dict().items()}
+    with EventStorage():
+        per_step = MetricsWriter()
+        per_step.write(cuda_dict, 0.0, cur_iter=0)  # registration: extra work, once
+        assert [_cuda_syncs(lambda: per_step.write(cuda_dict, 0.0, cur_iter=it)) for it in range(1, 4)] == [1, 1, 1]
+        deferred = MetricsWriter(deferred=True, period=4)
+        deferred.write(cuda_dict, 0.0, cur_iter=0)
+        deferred.flush()
+        assert [_cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=it)) for it in (1, 2)] == [0, 0]
+        assert _cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=3)) == 1  # the flush
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -182,6 +182,22 @@ def _reduction_worker(rank, world_size):
     except NonFiniteLossError as error:
         out["deferred_nan"] = (str(error), [it for it, _ in error.reduced_before])
 
+    # Finite values near the float64 limit on every rank: the mean must not overflow (a sum
+    # first would give inf); a total that does overflow raises on every rank at once.
+    huge = torch.tensor(1.5e308, dtype=torch.float64)
+    near_limit = LossDictReducer()
+    out["overflow"] = []
+    for iteration, loss_dict in (
+        (600, {"loss_ce": huge, "k_log": torch.tensor(1.0)}),
+        (601, {"loss_ce": huge, "loss_bbox": huge}),
+        (602, {"loss_ce": huge, "loss_bbox": torch.tensor(1.0, dtype=torch.float64)}),
+    ):
+        try:
+            reduced = near_limit.reduce(loss_dict, 0.0, iteration)
+            out["overflow"].append(("ok", reduced["loss_ce"], reduced["total_loss"]))
+        except NonFiniteLossError as error:
+            out["overflow"].append(("raised", str(error), error.iteration, error.keys))
+
     # write_metrics: every rank's storage holds the same reduced values.
     with EventStorage(start_iter=500) as storage:
         write_metrics(scripted_loss_dict(rank, 0), DATA_TIME[rank], prefix="train/")
@@ -282,3 +298,14 @@ def test_write_metrics_puts_the_same_values_on_every_rank(job):
     assert per_rank["train/rank_data_time/max"] == pytest.approx(max(data_times))
     assert per_rank["train/rank_data_time/argmax"] == data_times.index(max(data_times))
     assert all(per_rank[f"train/rank_max_mem/r{r}"] > 0 for r in range(world_size))  # peak RSS, MB
+
+
+@pytest.mark.distributed
+def test_finite_values_near_the_limit_average_without_overflow_and_an_overflow_raises_everywhere(job):
+    _, results = job
+    for result in results:
+        assert result["overflow"] == [
+            ("ok", 1.5e308, 1.5e308),
+            ("raised", "Loss became infinite or NaN at iteration=601: total_loss (overflow of finite values)", 601, ["total_loss"]),
+            ("ok", 1.5e308, 1.5e308 + 1.0),
+        ]

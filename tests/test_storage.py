@@ -1,8 +1,14 @@
 """EventStorage keeps detectron2.utils.events semantics (code written for it runs unchanged)."""
+import json
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from events import EventStorage, get_event_storage, has_event_storage
+from events import EventStorage, JSONWriter, get_event_storage, has_event_storage
+from events.storage import StaleIterationWarning
 
 
 def test_context_manager_sets_and_restores_current_storage():
@@ -131,3 +137,146 @@ def test_smoothed_view_is_recomputed_after_every_put():
         storage.put_scalars_bulk(["loss"], [3.0], cur_iter=1)
         assert storage.latest_with_smoothing_hint(20) == {"loss": (2.0, 1)}
         assert storage.latest_with_smoothing_hint(1) == {"loss": (3.0, 1)}
+
+
+# ---------------------------------------------------------------------------- values put too late
+def _stale_warnings(caught):
+    return [str(w.message) for w in caught if issubclass(w.category, StaleIterationWarning)]
+
+
+def test_a_loop_that_never_steps_is_warned_once_per_key_naming_it(tmp_path):
+    path = tmp_path / "metrics.json"
+    with warnings.catch_warnings(record=True) as caught, EventStorage() as storage:
+        warnings.simplefilter("always")
+        writer = JSONWriter(str(path))
+        for i in range(12):  # storage.step() forgotten: every value lands at iteration 0
+            storage.put_scalars(loss=float(i), loss_bbox=0.5)
+            storage.put_scalar("lr", 0.1, smoothing_hint=False)
+            if i % 4 == 3:
+                writer.write()
+        writer.close()
+    messages = _stale_warnings(caught)
+    # Written at the first write; the next puts land at the iteration already written.
+    assert len(messages) == 2
+    assert messages[0].startswith("'loss', 'loss_bbox' were put again at iteration 0, which the writers have already written")
+    assert messages[1].startswith("'lr' was put again at iteration 0")
+    assert all("storage.step()" in message for message in messages)
+    assert [json.loads(line)["iteration"] for line in open(path)] == [0]  # what the warning is about
+
+
+def test_a_stepping_loop_and_deliberately_earlier_values_are_not_warned(tmp_path):
+    with warnings.catch_warnings(record=True) as caught, EventStorage() as storage:
+        warnings.simplefilter("always")
+        writer = JSONWriter(str(tmp_path / "metrics.json"))
+        for i in range(10):
+            storage.put_scalar("loss", 1.0)
+            storage.put_scalar("loss", 2.0)  # several values per iteration are fine
+            if i % 5 == 4:
+                writer.write()
+                storage.put_scalar("eta_seconds", 3.0, cur_iter=i - 1)  # dated before now: allowed
+            storage.step()
+        storage.iter -= 1
+        storage.put_scalar("loss", 3.0)  # once after the final write (a shutdown hook): not a pattern
+        writer.close()
+    assert _stale_warnings(caught) == []
+
+
+# ---------------------------------------------------------------------------- blocks = per-key histories
+class ReferenceStorage:
+    """The per-key semantics the storage promises, written the plain way: a list of
+    ``(value, iteration)`` per key, cut to ``history_length``."""
+
+    def __init__(self, history_length):
+        self.length, self.values, self.hints, self.counts, self.sums = history_length, {}, {}, {}, {}
+
+    def put(self, name, value, hint, iteration):
+        self.hints.setdefault(name, hint)
+        kept = self.values.setdefault(name, [])
+        kept.append((value, iteration))
+        del kept[: -self.length]
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def count_samples(self, name, window):
+        kept = self.values[name]
+        last, look_back = kept[-1][1], window
+        while True:
+            recent = kept[-look_back:]
+            inside = sum(1 for _, itr in recent if itr > last - window)
+            if inside < len(recent) or len(recent) == len(kept):
+                return max(inside, 1)
+            look_back *= 2
+
+    def smoothed(self, window):
+        result = {}
+        for name, kept in self.values.items():
+            value = kept[-1][0]
+            if self.hints[name]:
+                value = float(np.median([v for v, _ in kept[-self.count_samples(name, window):]]))
+            result[name] = (value, kept[-1][1])
+        return result
+
+
+KEYS = ["loss_a", "loss_b", "loss_c", "loss_d"]
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["bulk", "bulk_subset", "single", "step", "step"]),
+        st.lists(st.sampled_from(KEYS), min_size=1, max_size=4, unique=True),
+        st.floats(-1e3, 1e3),
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations, st.integers(1, 6), st.sampled_from([1, 3, 20]))
+def test_block_histories_match_per_key_histories(ops, history_length, window):
+    storage, reference = EventStorage(history_length=history_length), ReferenceStorage(history_length)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleIterationWarning)
+        for index, (kind, names, value) in enumerate(ops):
+            if kind == "step":
+                storage.step()
+                continue
+            if kind == "bulk":
+                names = KEYS  # the same loss dict every time: one block, row writes
+            values = [value + i + index for i in range(len(names))]
+            if kind == "single":
+                storage.put_scalar(names[0], values[0])
+                names, values = names[:1], values[:1]
+            else:
+                storage.put_scalars_bulk(tuple(names), np.array(values))
+            for name, v in zip(names, values):
+                reference.put(name, v, True, storage.iter)
+            if index % 7 == 6:  # a writer period
+                assert storage.latest_with_smoothing_hint(window) == reference.smoothed(window)
+    assert storage.latest_with_smoothing_hint(window) == reference.smoothed(window)
+    assert storage.latest() == {name: kept[-1] for name, kept in reference.values.items()}
+    for name, kept in reference.values.items():
+        buffer = storage.history(name)
+        assert buffer.values() == kept
+        assert (buffer.count, buffer.global_sum()) == (reference.counts[name], pytest.approx(reference.sums[name]))
+        assert storage.count_samples(name, window) == reference.count_samples(name, window)
+    restored = EventStorage()
+    restored.load_state_dict(storage.state_dict())
+    assert restored.latest_with_smoothing_hint(window) == storage.latest_with_smoothing_hint(window)
+    assert {n: b.values() for n, b in restored.histories().items()} == {n: b.values() for n, b in storage.histories().items()}
+
+
+def test_a_loss_dict_is_one_block_and_its_histories_are_views(tmp_path):
+    with EventStorage() as storage:
+        names = ("loss_ce", "loss_bbox", "total_loss")
+        for i in range(5):
+            storage.put_scalars_bulk(names, np.array([1.0, 2.0, 3.0]) * i, cur_iter=i)
+        storage.put_scalar("lr", 0.1, smoothing_hint=False)
+        assert len(storage._blocks) == 2
+        storage.history("loss_bbox").update(100.0, 5)  # a view: the storage sees it
+        assert storage.latest()["loss_bbox"] == (100.0, 5)
+        assert storage.history("loss_ce").count == 5 and storage.history("loss_bbox").count == 6
+        state = storage.state_dict()
+    assert state["blocks"] == [list(names), ["lr"]]
+    del state["blocks"]  # a checkpoint written before blocks existed
+    with EventStorage() as old:
+        old.load_state_dict(state)
+        assert old.latest_with_smoothing_hint(3) == storage.latest_with_smoothing_hint(3)
