@@ -148,42 +148,22 @@ def _count_host_reads():
     return counts
 
 
-def _rows_on_the_collective_device(rank, out):
-    """The per-step and deferred scripts again, their rows kept on the collective's device."""
-    reads = _count_host_reads()
-    per_step = _RowsOnTheCollectiveDevice()
-    out["on_device_per_step"], out["on_device_per_step_reads"] = [], []
-    for step in range(NUM_STEPS):
-        values, step_reads = _calls_during(
-            reads, lambda: per_step.reduce(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
-        )
-        out["on_device_per_step"].append(values)
-        out["on_device_per_step_reads"].append(step_reads)
-    deferred = _RowsOnTheCollectiveDevice()
-    out["on_device_deferred"], out["on_device_flush_reads"] = [], []
-    for period in range(2):
-        for step in range(NUM_STEPS):
-            deferred.add(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
-        flushed, flush_reads = _calls_during(reads, deferred.flush)
-        out["on_device_deferred"].append(flushed)
-        out["on_device_flush_reads"].append(flush_reads)
+def _scripted_runs(make_reducer, counts, rank):
+    """The script per step, then as two deferred periods; ``counts``' calls during each.
 
-
-def _reduction_worker(rank, world_size):
-    counts = _count_collectives()
-    out = {}
-
-    per_step = LossDictReducer()
-    out["per_step"], out["per_step_calls"] = [], []
+    Returns the per-step reducer, the deferred one, and ``{"per_step": [values per step],
+    "per_step_calls", "deferred_periods": [[(iteration, values)] per period], "deferred_add_calls",
+    "deferred_flush_calls"}``.
+    """
+    runs = collections.defaultdict(list)
+    per_step = make_reducer()
     for step in range(NUM_STEPS):
         values, calls = _calls_during(
             counts, lambda: per_step.reduce(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
         )
-        out["per_step"].append(values)
-        out["per_step_calls"].append(calls)
-
-    deferred = LossDictReducer()
-    out["deferred_periods"], out["deferred_add_calls"], out["deferred_flush_calls"] = [], [], []
+        runs["per_step"].append(values)
+        runs["per_step_calls"].append(calls)
+    deferred = make_reducer()
     for period in range(2):
         _, add_calls = _calls_during(
             counts,
@@ -193,9 +173,14 @@ def _reduction_worker(rank, world_size):
             ],
         )
         flushed, flush_calls = _calls_during(counts, deferred.flush)
-        out["deferred_periods"].append(flushed)
-        out["deferred_add_calls"].append(add_calls)
-        out["deferred_flush_calls"].append(flush_calls)
+        runs["deferred_periods"].append(flushed)
+        runs["deferred_add_calls"].append(add_calls)
+        runs["deferred_flush_calls"].append(flush_calls)
+    return per_step, deferred, dict(runs)
+
+
+def _reduction_worker(rank, world_size):
+    per_step, deferred, out = _scripted_runs(LossDictReducer, _count_collectives(), rank)
 
     # NaN on the last rank only, at iteration 201: every rank must raise, then go on in step.
     out["nan"] = []
@@ -251,7 +236,8 @@ def _reduction_worker(rank, world_size):
         write_metrics(scripted_loss_dict(rank, 0), DATA_TIME[rank], prefix="train/")
     out["storage"] = {name: value for name, (value, _) in storage.latest().items()}
 
-    _rows_on_the_collective_device(rank, out)  # last: it wraps torch.Tensor's host reads
+    # Last: the host-read counters stay on torch.Tensor.
+    out["on_device"] = _scripted_runs(_RowsOnTheCollectiveDevice, _count_host_reads(), rank)[2]
     return out
 
 
@@ -300,12 +286,14 @@ def test_rows_on_the_collective_device_give_the_same_values_and_cross_to_the_hos
     _, results = job
     once = {"cpu": 1}
     for result in results:
-        assert result["on_device_per_step"] == result["per_step"]
-        # Steps 0 and 3 register keys (two exchanges, the second widened with the new names).
-        assert [reads for step, reads in enumerate(result["on_device_per_step_reads"]) if step not in (0, 3)] == [once] * 3
-        per_step = [(100 + step, values) for step, values in enumerate(result["per_step"])]
-        assert result["on_device_deferred"] == [per_step, per_step]
-        assert result["on_device_flush_reads"][1] == once
+        on_device = result["on_device"]
+        assert on_device["per_step"] == result["per_step"]
+        assert on_device["deferred_periods"] == result["deferred_periods"]
+        # Steps 0 and 3 register keys (two exchanges, the second widened with the new names);
+        # the first period registers them again for the deferred reducer.
+        assert [reads for step, reads in enumerate(on_device["per_step_calls"]) if step not in (0, 3)] == [once] * 3
+        assert on_device["deferred_add_calls"] == [{}, {}]
+        assert on_device["deferred_flush_calls"][1] == once
 
 
 @pytest.mark.distributed
