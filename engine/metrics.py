@@ -514,10 +514,9 @@ class LossDictReducer:
         size = steps[0].registry_size  # every pending step was packed against one registry
         world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         device = comm.collective_device(self._group) if world_size > 1 else None
-        late = [isinstance(step.entries, torch.Tensor) and step.entries.device == device for step in steps]
         matrix = np.empty((len(steps), 2 * size + _NUM_EXTRA_COLUMNS))
         rows = matrix[:, : 2 * size]
-        entries = self._host_entries(steps, late)
+        entries, late = self._host_entries(steps, device)
         first = steps[0]
         if len(steps) == 1 or all(step.columns is first.columns and step.template is first.template for step in steps):
             rows[:] = first.template  # the usual case: one key set, written for all steps at once
@@ -538,7 +537,7 @@ class LossDictReducer:
             return matrix[None]
         # Host to device without waiting for the device (a blocking copy synchronises the stream).
         packed = torch.from_numpy(matrix).to(device, non_blocking=True)
-        if any(late):
+        if late:
             self._write_late_entries(packed, steps, late)
         parts = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(parts, packed, group=self._group)
@@ -547,33 +546,40 @@ class LossDictReducer:
         return torch.stack(parts).cpu().numpy()
 
     @staticmethod
-    def _host_entries(steps: List[_PendingStep], late: List[bool]) -> List[Any]:
-        """Every step's entries on the host (lists of floats, arrays): those kept on a device
-        cross in one transfer, but ``late`` ones (written on the device later) are zeros here."""
-        on_device = [
-            step.entries for step, is_late in zip(steps, late) if isinstance(step.entries, torch.Tensor) and not is_late
+    def _host_entries(steps: List[_PendingStep], device: Optional[torch.device]) -> Tuple[List[Any], List[int]]:
+        """Every step's entries on the host (lists of floats, arrays), and the positions of the
+        steps whose entries are kept on ``device`` (the collective's, None without one): zeros
+        here, written on the device later. Entries on any other device cross in one transfer."""
+        on_device = [step.entries for step in steps if isinstance(step.entries, torch.Tensor)]
+        if not on_device:
+            return [step.entries for step in steps], []
+        late = [
+            position
+            for position, step in enumerate(steps)
+            if isinstance(step.entries, torch.Tensor) and step.entries.device == device
         ]
-        if not on_device and not any(late):
-            return [step.entries for step in steps]
-        host = torch.cat(on_device).cpu().numpy() if on_device else np.zeros(0)
-        moved = iter(np.split(host, np.cumsum([len(entries) for entries in on_device])[:-1]))
+        crossing = [entries for entries in on_device if entries.device != device]
+        host = torch.cat(crossing).cpu().numpy() if crossing else np.zeros(0)
+        moved = iter(np.split(host, np.cumsum([len(entries) for entries in crossing])[:-1]))
         return [
-            np.zeros(len(step.entries)) if is_late else next(moved) if isinstance(step.entries, torch.Tensor) else step.entries
-            for step, is_late in zip(steps, late)
-        ]
+            step.entries if not isinstance(step.entries, torch.Tensor)
+            else np.zeros(len(step.entries)) if step.entries.device == device
+            else next(moved)
+            for step in steps
+        ], late
 
-    def _write_late_entries(self, packed: torch.Tensor, steps: List[_PendingStep], late: List[bool]) -> None:
-        """Write the entries kept on ``packed``'s device (``[steps, row length]``) into their
-        columns there: index tensors copied without waiting and an index write, no host sync."""
+    def _write_late_entries(self, packed: torch.Tensor, steps: List[_PendingStep], late: List[int]) -> None:
+        """Write the entries of the steps at positions ``late``, kept on ``packed``'s device
+        (``[steps, row length]``), into their columns there: index tensors copied without
+        waiting and an index write, no host sync."""
         old, size = steps[0].registry_size, len(self._names)
-        index = [position for position, is_late in enumerate(late) if is_late]
         # Device rows are packed complete, against the one registry of the pending steps: one
         # set of columns, shifted past the names registered since (see _widened).
-        columns = steps[index[0]].columns
+        columns = steps[late[0]].columns
         columns = np.where(columns < old, columns, columns + size - old)
-        row_index = torch.tensor(index)[:, None].to(packed.device, non_blocking=True)
+        row_index = torch.tensor(late)[:, None].to(packed.device, non_blocking=True)
         column_index = torch.from_numpy(columns).to(packed.device, non_blocking=True)
-        packed[row_index, column_index] = torch.stack([steps[position].entries for position in index])
+        packed[row_index, column_index] = torch.stack([steps[position].entries for position in late])
 
     def _widened(self, steps: List[_PendingStep], matrix: np.ndarray) -> np.ndarray:
         """``matrix`` (rows packed against a smaller registry) against the current registry,

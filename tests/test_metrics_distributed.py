@@ -291,7 +291,8 @@ def test_rows_on_the_collective_device_give_the_same_values_and_cross_to_the_hos
         assert on_device["deferred_periods"] == result["deferred_periods"]
         # Steps 0 and 3 register keys (two exchanges, the second widened with the new names);
         # the first period registers them again for the deferred reducer.
-        assert [reads for step, reads in enumerate(on_device["per_step_calls"]) if step not in (0, 3)] == [once] * 3
+        steady = [reads for step, reads in enumerate(on_device["per_step_calls"]) if step not in (0, 3)]
+        assert steady == [once] * 3
         assert on_device["deferred_add_calls"] == [{}, {}]
         assert on_device["deferred_flush_calls"][1] == once
 
