@@ -30,10 +30,12 @@ into one float64 row and exchanges it with one ``all_gather``; each rank then re
 ``[world, steps, length]`` array locally. Means are taken as ``sum_r (w_r / sum w) v_r`` with the
 weights scaled first, so finite values cannot overflow; a total that does overflow raises
 :class:`NonFiniteLossError` like a NaN. CPU values are read once each (``Tensor.item``: cheaper
-than ``torch.stack`` there); values on a device are stacked there and cross to the host once. When some rank flags keys the registry lacks (the first
-step, the first synthetic batch), every rank sees the flag, the new names are exchanged once
-with ``all_gather_object``, the registry grows in the same order everywhere and the step is
-packed again. That costs two extra collectives, once per new key set.
+than ``torch.stack`` there); values on a device are stacked there and cross to the host once:
+before the collective when it runs on the host (one process, gloo), with its result when it runs
+on their device (NCCL; the host columns go over without a sync). When some rank flags keys the
+registry lacks (the first step, the first synthetic batch), every rank sees the flag, the new
+names are exchanged once with ``all_gather_object``, the registry grows in the same order
+everywhere and the step is packed again. That costs two extra collectives, once per new key set.
 
 Deferred mode (:meth:`LossDictReducer.add` / :meth:`LossDictReducer.flush`, or
 ``MetricsWriter(deferred=True)``) keeps each step's packed values (on the loss dict's device) and
@@ -502,11 +504,19 @@ class LossDictReducer:
 
     # ------------------------------------------------------------------ exchange (per flush)
     def _exchange(self, steps: List[_PendingStep]) -> np.ndarray:
-        """All ranks' packed steps as a host array ``[world, steps, row length]``."""
+        """All ranks' packed steps as a host array ``[world, steps, row length]``, after one
+        device-to-host transfer.
+
+        Entries kept on the device the collective runs on (CUDA under NCCL) are written into
+        the matrix there, once its host part went over, and come back with the gathered rows;
+        any other device's entries (one process, gloo) cross to the host first, together.
+        """
         size = steps[0].registry_size  # every pending step was packed against one registry
+        world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
+        device = comm.collective_device(self._group) if world_size > 1 else None
         matrix = np.empty((len(steps), 2 * size + _NUM_EXTRA_COLUMNS))
         rows = matrix[:, : 2 * size]
-        entries = self._host_entries(steps)
+        entries, late = self._host_entries(steps, device)
         first = steps[0]
         if len(steps) == 1 or all(step.columns is first.columns and step.template is first.template for step in steps):
             rows[:] = first.template  # the usual case: one key set, written for all steps at once
@@ -523,10 +533,12 @@ class LossDictReducer:
         ]
         if size != len(self._names):
             matrix = self._widened(steps, matrix)
-        world_size = dist.get_world_size(self._group) if comm.is_distributed() else 1
         if world_size == 1:
             return matrix[None]
-        packed = torch.from_numpy(matrix).to(comm.collective_device(self._group))
+        # Host to device without waiting for the device (a blocking copy synchronises the stream).
+        packed = torch.from_numpy(matrix).to(device, non_blocking=True)
+        if late:
+            self._write_late_entries(packed, steps, late)
         parts = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(parts, packed, group=self._group)
         if self._rank_stats is not None:
@@ -534,15 +546,40 @@ class LossDictReducer:
         return torch.stack(parts).cpu().numpy()
 
     @staticmethod
-    def _host_entries(steps: List[_PendingStep]) -> List[Any]:
-        """Every step's entries on the host (lists of floats, arrays): those kept on a device
-        cross in one transfer."""
+    def _host_entries(steps: List[_PendingStep], device: Optional[torch.device]) -> Tuple[List[Any], List[int]]:
+        """Every step's entries on the host (lists of floats, arrays), and the positions of the
+        steps whose entries are kept on ``device`` (the collective's, None without one): zeros
+        here, written on the device later. Entries on any other device cross in one transfer."""
         on_device = [step.entries for step in steps if isinstance(step.entries, torch.Tensor)]
         if not on_device:
-            return [step.entries for step in steps]
-        host = torch.cat(on_device).cpu().numpy()
-        moved = iter(np.split(host, np.cumsum([len(entries) for entries in on_device])[:-1]))
-        return [next(moved) if isinstance(step.entries, torch.Tensor) else step.entries for step in steps]
+            return [step.entries for step in steps], []
+        late = [
+            position
+            for position, step in enumerate(steps)
+            if isinstance(step.entries, torch.Tensor) and step.entries.device == device
+        ]
+        crossing = [entries for entries in on_device if entries.device != device]
+        host = torch.cat(crossing).cpu().numpy() if crossing else np.zeros(0)
+        moved = iter(np.split(host, np.cumsum([len(entries) for entries in crossing])[:-1]))
+        return [
+            step.entries if not isinstance(step.entries, torch.Tensor)
+            else np.zeros(len(step.entries)) if step.entries.device == device
+            else next(moved)
+            for step in steps
+        ], late
+
+    def _write_late_entries(self, packed: torch.Tensor, steps: List[_PendingStep], late: List[int]) -> None:
+        """Write the entries of the steps at positions ``late``, kept on ``packed``'s device
+        (``[steps, row length]``), into their columns there: index tensors copied without
+        waiting and an index write, no host sync."""
+        old, size = steps[0].registry_size, len(self._names)
+        # Device rows are packed complete, against the one registry of the pending steps: one
+        # set of columns, shifted past the names registered since (see _widened).
+        columns = steps[late[0]].columns
+        columns = np.where(columns < old, columns, columns + size - old)
+        row_index = torch.tensor(late)[:, None].to(packed.device, non_blocking=True)
+        column_index = torch.from_numpy(columns).to(packed.device, non_blocking=True)
+        packed[row_index, column_index] = torch.stack([steps[position].entries for position in late])
 
     def _widened(self, steps: List[_PendingStep], matrix: np.ndarray) -> np.ndarray:
         """``matrix`` (rows packed against a smaller registry) against the current registry,

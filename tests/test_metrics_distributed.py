@@ -21,8 +21,9 @@ import torch.distributed as dist
 
 from dist_utils import run_distributed
 from engine.rank_stats import is_rank_key
-from engine.metrics import NUM_SAMPLES_SUFFIX, LossDictReducer, NonFiniteLossError, write_metrics
+from engine.metrics import NUM_SAMPLES_SUFFIX, LossDictReducer, MetricsWriter, NonFiniteLossError, write_metrics
 from events.storage import EventStorage
+from test_metrics import _cuda_syncs, detr_like_dict
 
 NUM_STEPS = 5
 COUNT = NUM_SAMPLES_SUFFIX
@@ -121,21 +122,48 @@ def _calls_during(counts, action):
     return result, dict(counts - before)
 
 
-def _reduction_worker(rank, world_size):
-    counts = _count_collectives()
-    out = {}
+class _RowsOnTheCollectiveDevice(LossDictReducer):
+    """Packs CPU tensors as CUDA tensors are packed: one row kept on their device. Under gloo
+    that device is the collective's (the CPU), as a CUDA device is under NCCL, so the exchange
+    takes the NCCL path: the row is written into the matrix on that device, no transfer first."""
 
-    per_step = LossDictReducer()
-    out["per_step"], out["per_step_calls"] = [], []
+    def _pack_entries(self, source, layout, check):
+        present = check.get_present(source)
+        if present and isinstance(present[0], torch.Tensor):
+            return self._stack_on_device(source, layout, check.complete), layout.entry_columns
+        return super()._pack_entries(source, layout, check)
+
+
+def _count_host_reads():
+    """Wrap the tensor methods that read a device tensor on the host with call counters."""
+    counts = collections.Counter()
+    for name in ("cpu", "item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        setattr(torch.Tensor, name, counting)
+    return counts
+
+
+def _scripted_runs(make_reducer, counts, rank):
+    """The script per step, then as two deferred periods; ``counts``' calls during each.
+
+    Returns the per-step reducer, the deferred one, and ``{"per_step": [values per step],
+    "per_step_calls", "deferred_periods": [[(iteration, values)] per period], "deferred_add_calls",
+    "deferred_flush_calls"}``.
+    """
+    runs = collections.defaultdict(list)
+    per_step = make_reducer()
     for step in range(NUM_STEPS):
         values, calls = _calls_during(
             counts, lambda: per_step.reduce(scripted_loss_dict(rank, step), DATA_TIME[rank], 100 + step)
         )
-        out["per_step"].append(values)
-        out["per_step_calls"].append(calls)
-
-    deferred = LossDictReducer()
-    out["deferred_periods"], out["deferred_add_calls"], out["deferred_flush_calls"] = [], [], []
+        runs["per_step"].append(values)
+        runs["per_step_calls"].append(calls)
+    deferred = make_reducer()
     for period in range(2):
         _, add_calls = _calls_during(
             counts,
@@ -145,9 +173,14 @@ def _reduction_worker(rank, world_size):
             ],
         )
         flushed, flush_calls = _calls_during(counts, deferred.flush)
-        out["deferred_periods"].append(flushed)
-        out["deferred_add_calls"].append(add_calls)
-        out["deferred_flush_calls"].append(flush_calls)
+        runs["deferred_periods"].append(flushed)
+        runs["deferred_add_calls"].append(add_calls)
+        runs["deferred_flush_calls"].append(flush_calls)
+    return per_step, deferred, dict(runs)
+
+
+def _reduction_worker(rank, world_size):
+    per_step, deferred, out = _scripted_runs(LossDictReducer, _count_collectives(), rank)
 
     # NaN on the last rank only, at iteration 201: every rank must raise, then go on in step.
     out["nan"] = []
@@ -202,6 +235,9 @@ def _reduction_worker(rank, world_size):
     with EventStorage(start_iter=500) as storage:
         write_metrics(scripted_loss_dict(rank, 0), DATA_TIME[rank], prefix="train/")
     out["storage"] = {name: value for name, (value, _) in storage.latest().items()}
+
+    # Last: the host-read counters stay on torch.Tensor.
+    out["on_device"] = _scripted_runs(_RowsOnTheCollectiveDevice, _count_host_reads(), rank)[2]
     return out
 
 
@@ -242,6 +278,23 @@ def test_deferred_mode_matches_per_step_with_one_collective_per_period(job):
             {"all_gather": 2, "all_gather_object": 1},
             {"all_gather": 1},
         ]
+
+
+@pytest.mark.distributed
+def test_rows_on_the_collective_device_give_the_same_values_and_cross_to_the_host_once(job):
+    # What NCCL does with a CUDA loss dict: one transfer per exchange, the gathered matrix.
+    _, results = job
+    once = {"cpu": 1}
+    for result in results:
+        on_device = result["on_device"]
+        assert on_device["per_step"] == result["per_step"]
+        assert on_device["deferred_periods"] == result["deferred_periods"]
+        # Steps 0 and 3 register keys (two exchanges, the second widened with the new names);
+        # the first period registers them again for the deferred reducer.
+        steady = [reads for step, reads in enumerate(on_device["per_step_calls"]) if step not in (0, 3)]
+        assert steady == [once] * 3
+        assert on_device["deferred_add_calls"] == [{}, {}]
+        assert on_device["deferred_flush_calls"][1] == once
 
 
 @pytest.mark.distributed
@@ -309,3 +362,29 @@ def test_finite_values_near_the_limit_average_without_overflow_and_an_overflow_r
             ("raised", "Loss became infinite or NaN at iteration=601: total_loss (overflow of finite values)", 601, ["total_loss"]),
             ("ok", 1.5e308, 1.5e308 + 1.0),
         ]
+
+
+def _nccl_sync_worker(rank, world_size):
+    torch.cuda.set_device(rank)
+    group = dist.new_group(backend="nccl")  # beside the gloo world: the reducer's collective
+    cuda_dict = {name: value.cuda() for name, value in detr_like_dict().items()}
+    with EventStorage():
+        per_step = MetricsWriter(group=group)
+        per_step.write(cuda_dict, 0.0, cur_iter=0)  # registration and NCCL's first collective
+        per_step_syncs = [_cuda_syncs(lambda: per_step.write(cuda_dict, 0.0, cur_iter=it)) for it in range(1, 4)]
+        deferred = MetricsWriter(deferred=True, period=4, group=group)
+        deferred.write(cuda_dict, 0.0, cur_iter=0)
+        deferred.flush()
+        add_syncs = [_cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=it)) for it in (1, 2)]
+        flush_syncs = _cuda_syncs(lambda: deferred.write(cuda_dict, 0.0, cur_iter=3))
+    return per_step_syncs, add_syncs, flush_syncs
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2 or not dist.is_nccl_available(), reason="needs 2 CUDA devices and NCCL"
+)
+def test_one_host_sync_per_step_under_nccl_and_none_deferred():
+    # The rows stay on the GPU through the all_gather: the gathered matrix is the one transfer.
+    for result in run_distributed(_nccl_sync_worker, world_size=2, timeout=120):
+        assert result == ([1, 1, 1], [0, 0], 1)
