@@ -234,6 +234,8 @@ class _KeySetCheck:
     # The registered entries it holds, in layout order, and their row columns.
     get_present: Callable[[Mapping[str, Any]], Tuple[Any, ...]] = lambda source: ()
     present_columns: Optional[np.ndarray] = None
+    size: int = 0  # number of keys
+    whole: bool = False  # valid, every key registered: get_present reads every key
 
 
 @dataclasses.dataclass
@@ -284,7 +286,7 @@ class LossDictReducer:
         self._index: Dict[str, int] = {}
         self._layout = _Layout.of([], [])
         self._checks: Dict[Tuple[str, ...], _KeySetCheck] = {}
-        self._last_check: Tuple[Optional[Tuple[str, ...]], Optional[_KeySetCheck]] = (None, None)
+        self._last_check: Optional[_KeySetCheck] = None  # of the last packed dict
         self._zeros: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._pending: List[_PendingStep] = []
         self._totals_cache: Optional[_Totals] = None
@@ -328,33 +330,6 @@ class LossDictReducer:
         self._pending.append(step)
         return self.flush_rows()[0]
 
-    def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
-        """The reduction of one step without a process group, when nothing is special about it:
-        registered keys read on the host, every key held, everything finite. ``None`` otherwise,
-        and the general path (:meth:`flush_rows`) decides. Same numbers as that path, without
-        its ``[world, steps]`` machinery: this is the per-step hot path of a single process."""
-        size = len(self._names)
-        if (
-            step.columns is not self._layout.entry_columns  # not every registered key (or invalid)
-            or step.unregistered is not None
-            or isinstance(step.entries, torch.Tensor)
-        ):
-            return None
-        totals = self._totals_for_weight_dict()
-        entries = step.entries  # [values of names | counts of count_keys], floats
-        try:
-            finite = math.isfinite(math.fsum(entries))
-        except OverflowError:
-            finite = False
-        if not (totals.any_term and finite and min(entries[size:], default=1.0) > 0):
-            return None
-        means = np.array(entries)[:size]
-        sums = (means @ totals.matrix).tolist()
-        if not all(map(math.isfinite, sums)):  # an overflowing total: the general path raises
-            return None
-        reduced = np.concatenate((means, sums + [step.data_time, step.data_time]))
-        return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
-
     def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
         """Pack one step and keep it until :meth:`flush`: on the CPU its values, else a row on
         the loss dict's device (no host sync when the values are tensors on one device).
@@ -385,6 +360,10 @@ class LossDictReducer:
         steps, self._pending = self._pending, []
         if not steps:
             return []
+        if not comm.is_distributed():
+            reduced = self._reduce_plain_steps(steps)
+            if reduced is not None:
+                return reduced
         gathered = self._exchange(steps)
         flags = 2 * len(self._names)  # the flags are the first host columns
         if gathered[:, :, flags : flags + 2].any():  # rare; every rank sees it: no hang
@@ -395,30 +374,82 @@ class LossDictReducer:
             gathered = self._exchange(steps)
         return self._reduce(steps, gathered)
 
+    def _held_all_on_host(self, step: _PendingStep) -> bool:
+        """Whether ``step`` holds every registered key (and count) and nothing else, read on
+        the host: what the single-process fast paths below reduce."""
+        return (
+            step.columns is self._layout.entry_columns  # every registered entry (not invalid)
+            and step.unregistered is None
+            and not isinstance(step.entries, torch.Tensor)
+        )
+
+    def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
+        """The reduction of one step without a process group, when nothing is special about it
+        (:meth:`_held_all_on_host`, everything finite). ``None`` otherwise, and the general path
+        (:meth:`flush_rows`) decides. Same numbers as that path, without its ``[world, steps]``
+        machinery: this is the per-step hot path of a single process. The checks run on the
+        floats: for one row, cheaper than numpy calls (about 1 µs each)."""
+        if not self._held_all_on_host(step):
+            return None
+        size = len(self._names)
+        totals = self._totals_for_weight_dict()
+        entries = step.entries  # [values of names | counts of count_keys], floats
+        try:
+            finite = math.isfinite(math.fsum(entries))
+        except OverflowError:
+            finite = False
+        if not (totals.any_term and finite and min(entries[size:], default=1.0) > 0):
+            return None
+        means = np.array(entries)[:size]
+        sums = (means @ totals.matrix).tolist()
+        if not all(map(math.isfinite, sums)):  # an overflowing total: the general path raises
+            return None
+        reduced = np.concatenate((means, sums + [step.data_time, step.data_time]))
+        return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def _reduce_plain_steps(self, steps: List[_PendingStep]) -> Optional[List[ReducedRow]]:
+        """:meth:`_reduce_plain_step` for the steps of a deferred period at once: a few numpy
+        calls over the ``[steps, entries]`` matrix (their cost does not grow with the steps),
+        not a loop over the steps. ``None`` when some step needs the general path."""
+        if not all(map(self._held_all_on_host, steps)):
+            return None
+        totals = self._totals_for_weight_dict()
+        if not totals.any_term:
+            return None
+        size = len(self._names)
+        entries = np.array([step.entries for step in steps], dtype=np.float64)  # [steps, names | counts]
+        values, counts = entries[:, :size], entries[:, size:]
+        # One sum tells that everything is finite (a huge finite sum that overflows only sends
+        # us down the general path, which finds no problem).
+        if not (math.isfinite(entries.sum()) and (not counts.size or counts.min() > 0)):
+            return None
+        sums = values @ totals.matrix  # [steps, totals]
+        if not math.isfinite(sums.sum()):  # an overflowing total: the general path raises
+            return None
+        # [steps, keys | totals | data_time, rank_data_time]: one rank's values are the means
+        table = np.concatenate((values, sums, [(step.data_time, step.data_time) for step in steps]), axis=1)
+        names = self._output_names.get(None) or self._output_names_for(None, totals)
+        return [(step.iteration, names, row) for step, row in zip(steps, table)]
+
     # ------------------------------------------------------------------ packing (per step)
     def _pack(
         self, loss_dict: Mapping[str, Any], data_time: float, iteration: int, distributed: bool
     ) -> _PendingStep:
         """One step's entries and host values; ``distributed``: whether a process group exists
         (only then is there another rank to compare this rank's timing with)."""
-        keys = tuple(loss_dict)
-        last_keys, check = self._last_check
-        if keys != last_keys:  # comparing with the last key set costs less than hashing it
-            check = self._checks.get(keys)
-            if check is None:
-                check = self._checks[keys] = self._check_key_set(keys)
-            self._last_check = (keys, check)
+        check, present = self._key_set_check(loss_dict)
         size, layout = len(self._names), self._layout
         invalid, unregistered, source = check.invalid, None, loss_dict
         if invalid is None:
             try:
-                entries, columns = self._pack_entries(source, layout, check)
+                entries, columns = self._pack_entries(present, source, layout, check)
             except (TypeError, RuntimeError):
                 # Python numbers, mixed-device tensors, or garbage: normalize entry by entry
                 # (slow, with a named error) and pack again.
                 source, invalid = _normalized(loss_dict)
                 if invalid is None:
-                    entries, columns = self._pack_entries(source, layout, check)
+                    entries, columns = self._pack_entries(check.get_present(source), source, layout, check)
         if invalid is None and check.unregistered:
             # Rare (a new key set): keep the new entries, detached, to widen the row later.
             unregistered, invalid = _normalized({key: source[key] for key in check.unregistered})
@@ -437,17 +468,36 @@ class LossDictReducer:
             return None
         return self._rank_stats.sample(data_time, device)
 
+    def _key_set_check(self, loss_dict: Mapping[str, Any]) -> Tuple[_KeySetCheck, Tuple[Any, ...]]:
+        """What ``loss_dict``'s key set means (cached per key set) and the registered entries it
+        holds, in layout order."""
+        check = self._last_check
+        # Usually the key set of the last step, found without building or hashing it: a plain
+        # dict with as many keys as that one, holding each of its keys, holds the same keys.
+        # (Only a plain dict: a defaultdict would make up a missing key.)
+        if check is not None and check.whole and type(loss_dict) is dict and len(loss_dict) == check.size:
+            try:
+                return check, check.get_present(loss_dict)
+            except KeyError:  # as many keys, other ones
+                pass
+        keys = tuple(loss_dict)
+        check = self._checks.get(keys)
+        if check is None:
+            check = self._checks[keys] = self._check_key_set(keys)
+        self._last_check = check
+        return check, check.get_present(loss_dict)
+
     def _pack_entries(
-        self, source: Mapping[str, Any], layout: _Layout, check: _KeySetCheck
+        self, present: Tuple[Any, ...], source: Mapping[str, Any], layout: _Layout, check: _KeySetCheck
     ) -> Tuple[Any, np.ndarray]:
-        """The registered entries of ``source`` and their row columns.
+        """The registered entries of ``source`` (``present``: those it holds, in layout order)
+        and their row columns.
 
         CPU tensors are read one by one (``Tensor.item`` costs less than stacking them) into a
-        float64 numpy array. Tensors on an accelerator are stacked on their device with
+        list of floats. Tensors on an accelerator are stacked on their device with
         ``torch.stack`` (asynchronous: no host sync), absent names padded with zeros; that row
         crosses to the host at the exchange.
         """
-        present = check.get_present(source)
         if present and isinstance(present[0], torch.Tensor) and not present[0].is_cpu:
             return self._stack_on_device(source, layout, check.complete), layout.entry_columns
         return list(map(torch.Tensor.item, present)), check.present_columns
@@ -500,6 +550,8 @@ class LossDictReducer:
             layout.template(present),
             layout.get_entries if complete else _tuple_getter([entry_keys[position] for position in held]),
             layout.entry_columns if complete else layout.entry_columns[held],
+            size=len(keys),
+            whole=not unregistered,
         )
 
     # ------------------------------------------------------------------ exchange (per flush)
@@ -618,7 +670,7 @@ class LossDictReducer:
             self._counted.append(counted)
         self._layout = _Layout.of(self._names, self._counted)
         self._checks.clear()
-        self._last_check = (None, None)
+        self._last_check = None
         self._totals_cache = None
         self._output_names.clear()
 

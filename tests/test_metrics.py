@@ -2,6 +2,7 @@
 deferred mode, and the storage-facing write_metrics / MetricsWriter. The cross-rank behaviour
 lives in test_metrics_distributed.py."""
 
+import collections
 import math
 
 import pytest
@@ -80,6 +81,22 @@ def test_keys_may_come_and_go_between_steps():
     assert first["total_loss"] == 1.0 and "loss_synthetic" not in first
     assert second["total_loss"] == 3.0
     assert "loss_a" not in third and third["total_loss"] == 4.0
+
+
+def test_another_key_set_of_the_same_size_is_noticed():
+    reducer = LossDictReducer()
+    for iteration, (loss_a, other) in enumerate((("loss_b", 2.0), ("loss_c", 5.0), ("loss_c", 6.0))):
+        reduced = reducer.reduce({"loss_a": T(1.0), loss_a: T(other)}, 0.0, iteration)
+        assert set(reduced) == {"loss_a", loss_a, "total_loss", "data_time", "rank_data_time"}
+        assert reduced["total_loss"] == 1.0 + other
+    # As many keys as the last dict, another set; a defaultdict must not have a key made up.
+    reduced = reducer.reduce(collections.defaultdict(lambda: T(9.0), {"loss_a": T(1.0), "loss_b": T(4.0)}), 0.0, 3)
+    assert "loss_c" not in reduced and reduced["total_loss"] == 5.0
+    reducer.add({"loss_a": T(1.0), "loss_c": T(2.0)}, 0.0, 4)
+    reducer.add({"loss_a": T(1.0), "loss_b": T(3.0)}, 0.0, 5)
+    assert [values["total_loss"] for _, values in reducer.flush()] == [3.0, 4.0]
+    reducer.reduce({"loss_a": T(1.0), "loss_c": T(2.0)}, 0.0, 6)
+    assert reducer.reduce({"loss_a": T(1.0), "loss_b": T(2.0), "loss_c": T(3.0)}, 0.0, 7)["total_loss"] == 6.0
 
 
 def test_no_total_without_loss_terms():

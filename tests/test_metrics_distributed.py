@@ -127,11 +127,10 @@ class _RowsOnTheCollectiveDevice(LossDictReducer):
     that device is the collective's (the CPU), as a CUDA device is under NCCL, so the exchange
     takes the NCCL path: the row is written into the matrix on that device, no transfer first."""
 
-    def _pack_entries(self, source, layout, check):
-        present = check.get_present(source)
+    def _pack_entries(self, present, source, layout, check):
         if present and isinstance(present[0], torch.Tensor):
             return self._stack_on_device(source, layout, check.complete), layout.entry_columns
-        return super()._pack_entries(source, layout, check)
+        return super()._pack_entries(present, source, layout, check)
 
 
 def _count_host_reads():
