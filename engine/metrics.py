@@ -428,7 +428,8 @@ class LossDictReducer:
         if not math.isfinite(sums.sum()):  # an overflowing total: the general path raises
             return None
         # [steps, keys | totals | data_time, rank_data_time]: one rank's values are the means
-        table = np.concatenate((values, sums, [(step.data_time, step.data_time) for step in steps]), axis=1)
+        times = np.array([step.data_time for step in steps])[:, None]
+        table = np.concatenate((values, sums, times, times), axis=1)
         names = self._output_names.get(None) or self._output_names_for(None, totals)
         return [(step.iteration, names, row) for step, row in zip(steps, table)]
 
