@@ -418,7 +418,10 @@ class LossDictReducer:
         if not totals.any_term:
             return None
         size = len(self._names)
-        entries = np.array([step.entries for step in steps], dtype=np.float64)  # [steps, names | counts]
+        width = len(self._layout.entry_columns)  # every step's entries: [names | counts] floats
+        entries = np.fromiter(
+            itertools.chain.from_iterable(step.entries for step in steps), np.float64, len(steps) * width
+        ).reshape(len(steps), width)
         values, counts = entries[:, :size], entries[:, size:]
         # One sum tells that everything is finite (a huge finite sum that overflows only sends
         # us down the general path, which finds no problem).
