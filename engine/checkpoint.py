@@ -132,6 +132,16 @@ def completed_run_notice(save_dir: str, max_iter: int) -> Optional[str]:
     )
 
 
+def announce_if_complete(save_dir: str, max_iter: int, resume: bool) -> bool:
+    """For a trainer's ``--resume``: print :func:`completed_run_notice` (once, from rank 0 under
+    torchrun) and return True when the run in ``save_dir`` is already complete; the caller then
+    exits 0 without touching anything."""
+    notice = completed_run_notice(save_dir, max_iter) if resume else None
+    if notice and os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+        print(notice)
+    return notice is not None
+
+
 class PeriodicCheckpointer(HookBase):
     """Save ``<prefix>_<iter:07d>.pth`` every ``period`` iterations and ``<prefix>_final.pth`` at
     the end, each with the trainer's state (iteration, hook states, storage state); and, when

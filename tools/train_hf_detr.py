@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from engine import comm  # noqa: E402
-from engine.checkpoint import Checkpointer, completed_run_notice  # noqa: E402
+from engine.checkpoint import Checkpointer, announce_if_complete  # noqa: E402
 from engine.config import ConfigError, dump_config, load_config  # noqa: E402
 from engine.defaults import (  # noqa: E402
     command_line,
@@ -63,10 +63,7 @@ def main(args) -> int:
         except (ConfigError, MissingExtraError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        notice = completed_run_notice(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER) if args.resume else None
-        if notice:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
-                print(notice)
+        if announce_if_complete(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, args.resume):
             return 0
         try:
             train(cfg, args.resume, stop)

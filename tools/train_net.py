@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from criterion import build_relation_criterion  # noqa: E402
 from engine import comm  # noqa: E402
-from engine.checkpoint import Checkpointer, PeriodicCheckpointer, completed_run_notice, latest_checkpoint  # noqa: E402
+from engine.checkpoint import Checkpointer, PeriodicCheckpointer, announce_if_complete, latest_checkpoint  # noqa: E402
 from engine.config import ConfigError, dump_config, load_config  # noqa: E402
 from engine.defaults import (  # noqa: E402
     command_line,
@@ -74,10 +74,7 @@ def main(args) -> int:
     with GracefulStop() as stop:
         try:
             cfg = load_config(args.config_file, list(args.opts) + output_dir_override(args))
-            notice = completed_run_notice(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER) if args.resume else None
-            if notice:
-                if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
-                    print(notice)
+            if announce_if_complete(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, args.resume):
                 return 0
             trainer, start_iter, resumed = build_trainer(cfg, args)
         except ConfigError as e:
