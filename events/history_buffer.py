@@ -100,6 +100,27 @@ class ScalarBlock:
         self.iterations[slot] = iteration
         self._rows = rows + 1
 
+    def put_rows(self, rows: np.ndarray, iterations: np.ndarray) -> None:
+        """:meth:`put_row` for each of ``rows`` (``[n, num_columns]``) at ``iterations``
+        (``[n]``), in order: slices of the ring, not ``n`` row writes. The sums are folded at
+        the same rows as ``n`` calls to :meth:`put_row` fold them (same rounding)."""
+        if self._rows < 0:
+            for row, iteration in zip(rows, iterations):
+                self.put_columns(self._all, row, iteration)
+            return
+        done, total = 0, len(rows)
+        while done < total:
+            if self._rows - self._summed_rows == self.max_length:
+                self._sums += self.values.sum(axis=0)
+                self._summed_rows = self._rows
+            slot = self._rows % self.max_length
+            # Up to the end of the ring or the next fold, whichever comes first.
+            take = min(total - done, self.max_length - slot, self._summed_rows + self.max_length - self._rows)
+            self.values[slot : slot + take] = rows[done : done + take]
+            self.iterations[slot : slot + take] = iterations[done : done + take, None]
+            self._rows += take
+            done += take
+
     def put_columns(self, columns: np.ndarray, row: Any, iteration: float) -> None:
         """Values for the distinct ``columns`` (an index array), aligned with ``row``."""
         if self._rows >= 0 and len(columns) == self.num_columns:

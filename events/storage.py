@@ -195,6 +195,36 @@ class EventStorage:
         if cur_iter <= self._written_through:
             self._warn_stale(plan.names, cur_iter)
 
+    def put_scalar_rows(
+        self,
+        names: Sequence[str],
+        rows: np.ndarray,
+        iterations: Sequence[int],
+        *,
+        smoothing_hint: bool = True,
+    ) -> None:
+        """``put_scalars_bulk(names, row, cur_iter=iteration)`` for each of ``rows``
+        (``[len(iterations), len(names)]`` float64) in order, with the same semantics: a
+        period of deferred steps is written as slices of the ring, not row by row."""
+        if rows.shape != (len(iterations), len(names)):
+            raise ValueError(
+                f"put_scalar_rows got {len(names)} names and {len(iterations)} iterations, "
+                f"but rows of shape {list(rows.shape)}"
+            )
+        if not len(iterations):
+            return
+        plan = self._plan_for(names, smoothing_hint)
+        if plan.block is None:  # several blocks or repeated names: rare
+            for row, iteration in zip(rows, iterations):
+                self.put_scalars_bulk(names, row, smoothing_hint=smoothing_hint, cur_iter=iteration)
+            return
+        plan.block.put_rows(rows, np.asarray(iterations, dtype=np.float64))
+        self._version += 1
+        if min(iterations) <= self._written_through:
+            for iteration in iterations:
+                if iteration <= self._written_through:
+                    self._warn_stale(plan.names, int(iteration))
+
     def _plan_for(self, names: Sequence[str], smoothing_hint: bool) -> _PutPlan:
         last = self._last_plan
         # The reducer hands over the same tuple object every step: identity is enough. (A

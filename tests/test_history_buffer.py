@@ -3,8 +3,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from events.history_buffer import HistoryBuffer, column_medians
+from events.history_buffer import HistoryBuffer, ScalarBlock, column_medians
 
 
 def test_window_statistics_match_numpy_over_the_last_values():
@@ -98,3 +100,38 @@ def test_fvcore_scenario_many_lengths_default_iterations_and_statistics():
         assert buf.global_avg() == pytest.approx(data.mean())
         window = data[-min(100, length):]
         assert buf.median(100) == np.median(window) and buf.avg(100) == pytest.approx(window.mean())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 9),  # max_length
+    st.lists(st.integers(0, 25), min_size=1, max_size=10),  # rows per put_rows call
+    # fresh; restored from a checkpoint of 5 rows (the ring's folds fall elsewhere); columns
+    # already diverged (a partial write came first)
+    st.sampled_from(["fresh", "restored", "diverged"]),
+)
+def test_put_rows_is_put_row_for_each_row_sums_included(max_length, batch_sizes, start):
+    rng = np.random.default_rng(max_length * 1000 + sum(batch_sizes))
+    one_by_one, batched = ScalarBlock(max_length, 3), ScalarBlock(max_length, 3)
+    for block in (one_by_one, batched):
+        if start == "restored":
+            for column in range(3):
+                block.load_column(column, 5, 15.0, [1.0, 2.0, 3.0, 4.0, 5.0], [-5, -4, -3, -2, -1])
+            block.realign()
+        elif start == "diverged":
+            block.put_cell(1, 0.5, -1)
+    first = 0
+    for size in batch_sizes:
+        # Values of many magnitudes: a sum folded at other rows would round differently.
+        rows = rng.normal(size=(size, 3)) * 10.0 ** rng.integers(-8, 9, size=(size, 3))
+        iterations = np.arange(first, first + size, dtype=np.float64)
+        for row, iteration in zip(rows, iterations):
+            one_by_one.put_row(row, iteration)
+        batched.put_rows(rows, iterations)
+        first += size
+        assert np.array_equal(batched.values, one_by_one.values)
+        assert np.array_equal(batched.iterations, one_by_one.iterations)
+        assert np.array_equal(batched.counts(), one_by_one.counts())
+        assert np.array_equal(batched.sums(), one_by_one.sums())  # exactly: same fold points
+        if first:  # every column holds a value
+            assert np.array_equal(batched.window_medians(4), one_by_one.window_medians(4))

@@ -280,3 +280,56 @@ def test_a_loss_dict_is_one_block_and_its_histories_are_views(tmp_path):
     with EventStorage() as old:
         old.load_state_dict(state)
         assert old.latest_with_smoothing_hint(3) == storage.latest_with_smoothing_hint(3)
+
+
+# ---------------------------------------------------------------------------- a period of rows at once
+row_batches = st.lists(
+    st.tuples(
+        # whose names: the loss dict (one block), part of it with a key of its own (several
+        # blocks), or a name twice
+        st.sampled_from(["loss dict", "loss dict", "spanning", "repeated"]),
+        st.integers(0, 9),  # rows
+        st.booleans(),  # a writer reads afterwards
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(row_batches, st.integers(1, 8), st.sampled_from(["", "val/"]))
+def test_put_scalar_rows_is_put_scalars_bulk_row_by_row(batches, history_length, scope):
+    rows_at_once, row_by_row = EventStorage(history_length=history_length), EventStorage(history_length=history_length)
+    names_of = {"loss dict": tuple(KEYS), "spanning": ("loss_b", "lr_scale"), "repeated": ("loss_a", "loss_a")}
+    caught = {}
+    iteration = 0
+    for index, (kind, count, read) in enumerate(batches):
+        names = names_of[kind]
+        values = np.arange(count * len(names), dtype=np.float64).reshape(count, len(names)) * (index + 1.5)
+        # Every other batch starts at the last iteration of the one before, which a writer may
+        # have read: the stale warning counts such puts.
+        start = iteration - index % 2
+        iterations = [start + step for step in range(count)]
+        for storage, put in (
+            (rows_at_once, lambda s: s.put_scalar_rows(names, values, iterations)),
+            (row_by_row, lambda s: [s.put_scalars_bulk(names, row, cur_iter=it) for row, it in zip(values, iterations)]),
+        ):
+            with warnings.catch_warnings(record=True) as record, storage.name_scope(scope):
+                warnings.simplefilter("always")
+                storage.iter = start
+                put(storage)
+                if read:
+                    storage.latest_with_smoothing_hint(3)
+            caught.setdefault(id(storage), []).extend(_stale_warnings(record))
+        iteration += count
+    assert caught[id(rows_at_once)] == caught[id(row_by_row)]
+    assert rows_at_once.latest_with_smoothing_hint(3) == row_by_row.latest_with_smoothing_hint(3)
+    for name, buffer in row_by_row.histories().items():
+        batched = rows_at_once.history(name)
+        assert batched.values() == buffer.values()
+        assert (batched.count, batched.global_sum()) == (buffer.count, buffer.global_sum())
+
+
+def test_put_scalar_rows_names_a_shape_mismatch():
+    with pytest.raises(ValueError, match=r"2 names and 3 iterations, but rows of shape \[3, 3\]"):
+        EventStorage().put_scalar_rows(("a", "b"), np.zeros((3, 3)), [0, 1, 2])
