@@ -29,9 +29,13 @@ __all__ = [
 ]
 
 
+# Fixed by the torch build; asked once (the metrics writer asks is_distributed() every step).
+_DISTRIBUTED_BUILD = dist.is_available()
+
+
 def is_distributed() -> bool:
     """True when a default process group exists (``torch.distributed`` is initialized)."""
-    return dist.is_available() and dist.is_initialized()
+    return _DISTRIBUTED_BUILD and dist.is_initialized()
 
 
 def get_world_size() -> int:

@@ -51,6 +51,7 @@ import functools
 import itertools
 import math
 import operator
+import struct
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -95,6 +96,9 @@ _NO_RANK_VALUES = (0.0,) * len(RANK_FIELDS)
 Reduced = Dict[str, float]
 # One reduced step as the storage takes it: (iteration, names, values aligned with the names).
 ReducedRow = Tuple[int, Tuple[str, ...], np.ndarray]
+# Consecutive reduced steps with the same names: (iterations, names, values [steps, names]), what
+# ``EventStorage.put_scalar_rows`` writes at once.
+ReducedTable = Tuple[List[int], Tuple[str, ...], np.ndarray]
 
 
 def is_loss_term(name: str, keys: Any) -> bool:
@@ -207,9 +211,9 @@ class _PendingStep:
     """One rank's step, packed but not yet exchanged.
 
     Its row is ``template`` with ``entries`` written at ``columns`` (see ``_Layout``), against
-    the registry at packing time (``registry_size`` names): ``entries`` is a float64 numpy array
-    when the loss dict was on the CPU, else a tensor on its device, moved to the host at the
-    exchange (one transfer for all pending steps).
+    the registry at packing time (``registry_size`` names): ``entries`` is a list of floats when
+    the loss dict was on the CPU, else a tensor on its device, moved to the host at the exchange
+    (one transfer for all pending steps).
     """
 
     iteration: int
@@ -221,6 +225,36 @@ class _PendingStep:
     unregistered: Optional[Dict[str, torch.Tensor]]  # entries the registry lacked, or None
     invalid: Optional[str]  # why this rank's dict cannot be reduced, or None
     rank_values: Optional[np.ndarray]  # [len(RANK_FIELDS)] this rank's timing and memory, or None
+
+    @classmethod
+    def steady(
+        cls, check: "_KeySetCheck", registry_size: int, iteration: int, data_time: float, entries: List[float],
+        rank_values: Optional[np.ndarray],
+    ) -> "_PendingStep":
+        """A step with the steady key set (``check.steady``), read on the host."""
+        return cls(iteration, data_time, entries, check.present_columns, check.template, registry_size, None, None,
+                   rank_values)
+
+
+@dataclasses.dataclass
+class _SteadyRun:
+    """Consecutive steps added with the steady key set (every registered key and count, nothing
+    else; see ``_KeySetCheck.steady``), read on the host: the usual deferred period. A step is a
+    tuple ``(iteration, data_time, entries, rank_values)``, cheaper to keep than a
+    ``_PendingStep``, and the period is reduced from these columns at once."""
+
+    check: _KeySetCheck  # any steady check of the registry: they pack alike
+    registry_size: int
+    sampled: bool  # whether each step samples this rank's timing and memory (see _sample)
+    steps: List[Tuple[int, float, List[float], Optional[np.ndarray]]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The check's key count and getter, one attribute away for the hot path (add).
+        self.size, self.get_present = self.check.size, self.check.get_present
+
+    def pending_steps(self) -> List[_PendingStep]:
+        """The steps as the general path takes them."""
+        return [_PendingStep.steady(self.check, self.registry_size, *step) for step in self.steps]
 
 
 @dataclasses.dataclass
@@ -236,6 +270,8 @@ class _KeySetCheck:
     present_columns: Optional[np.ndarray] = None
     size: int = 0  # number of keys
     whole: bool = False  # valid, every key registered: get_present reads every key
+    # Whole and complete, and not empty: the key set every step has once it is registered.
+    steady: bool = False
 
 
 @dataclasses.dataclass
@@ -288,7 +324,9 @@ class LossDictReducer:
         self._checks: Dict[Tuple[str, ...], _KeySetCheck] = {}
         self._last_check: Optional[_KeySetCheck] = None  # of the last packed dict
         self._zeros: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # Steps added and not yet flushed: the general ones, then the open run of steady ones.
         self._pending: List[_PendingStep] = []
+        self._run: Optional[_SteadyRun] = None
         self._totals_cache: Optional[_Totals] = None
         # Output names per "which columns are held" mask: the same tuple object every step, so
         # the storage recognises it at a glance.
@@ -317,31 +355,64 @@ class LossDictReducer:
         """:meth:`reduce`, returning ``(iteration, names, values)``: ``names`` is the same tuple
         object at every step with the same keys, ``values`` a float64 array (what
         ``EventStorage.put_scalars_bulk`` writes as one row)."""
-        if self._pending:
-            raise RuntimeError(
-                f"reduce() called with {len(self._pending)} deferred steps pending; flush() first"
-            )
-        distributed = comm.is_distributed()
-        step = self._pack(loss_dict, float(data_time), int(iteration), distributed)
+        if self.pending:
+            raise RuntimeError(f"reduce() called with {self.pending} deferred steps pending; flush() first")
+        distributed, data_time, iteration = comm.is_distributed(), float(data_time), int(iteration)
+        entries = self._read_steady(loss_dict)
+        if entries is None:
+            step = self._pack(loss_dict, data_time, iteration, distributed)
+        else:
+            step = _PendingStep.steady(self._last_check, len(self._names), iteration, data_time, entries,
+                                       self._sample(data_time, None, distributed))
         if not distributed:
             reduced = self._reduce_plain_step(step)
             if reduced is not None:
                 return reduced
-        self._pending.append(step)
-        return self.flush_rows()[0]
+        return self._exchange_and_reduce([step])[0]
 
-    def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> None:
+    def add(self, loss_dict: Mapping[str, Any], data_time: float, iteration: int) -> int:
         """Pack one step and keep it until :meth:`flush`: on the CPU its values, else a row on
         the loss dict's device (no host sync when the values are tensors on one device).
 
-        No communication.
+        No communication. Returns the number of steps pending (:attr:`pending`).
         """
-        self._pending.append(self._pack(loss_dict, float(data_time), int(iteration), comm.is_distributed()))
+        run = self._run
+        # The usual step, in as few operations as possible (this is the deferred hot path): a
+        # plain dict with the open run's keys, as _key_set_check finds them, of CPU tensors.
+        if run is not None and type(loss_dict) is dict and len(loss_dict) == run.size:
+            try:
+                present = run.get_present(loss_dict)
+                if present[0].is_cpu:
+                    entries = list(map(torch.Tensor.item, present))
+                    data_time = float(data_time)
+                    rank_values = self._rank_stats.sample(data_time, None) if run.sampled else None
+                    run.steps.append((int(iteration), data_time, entries, rank_values))
+                    return len(self._pending) + len(run.steps)
+            except (KeyError, AttributeError, TypeError, RuntimeError):  # the general path decides
+                pass
+        distributed, data_time, iteration = comm.is_distributed(), float(data_time), int(iteration)
+        entries = self._read_steady(loss_dict)
+        if entries is None:
+            self._close_run()
+            self._pending.append(self._pack(loss_dict, data_time, iteration, distributed))
+        else:
+            if run is None:
+                sampled = self._rank_stats is not None and distributed
+                run = self._run = _SteadyRun(self._last_check, len(self._names), sampled)
+            run.steps.append((iteration, data_time, entries, self._sample(data_time, None, distributed)))
+        return self.pending
 
     @property
     def pending(self) -> int:
         """Number of steps added and not yet flushed."""
-        return len(self._pending)
+        return len(self._pending) + (len(self._run.steps) if self._run is not None else 0)
+
+    def _close_run(self) -> None:
+        """Move the open run of steady steps to the general pending steps (a step that is not
+        steady comes after them)."""
+        if self._run is not None:
+            self._pending += self._run.pending_steps()
+            self._run = None
 
     def flush(self) -> List[Tuple[int, Reduced]]:
         """Reduce every pending step with one host transfer and one collective.
@@ -353,17 +424,31 @@ class LossDictReducer:
                 holds the steps before it. All pending steps are consumed either way.
             ValueError: on every rank, when a rank's dict was malformed.
         """
-        return list(map(_as_dict, self.flush_rows()))
+        return [
+            (iteration, dict(zip(names, row.tolist())))
+            for iterations, names, table in self.flush_tables()
+            for iteration, row in zip(iterations, table)
+        ]
 
-    def flush_rows(self) -> List[ReducedRow]:
-        """:meth:`flush`, returning ``(iteration, names, values)`` rows (see :meth:`reduce_row`)."""
+    def flush_tables(self) -> List[ReducedTable]:
+        """:meth:`flush`, returning ``(iterations, names, values)`` tables: consecutive steps
+        with the same names (usually the whole period) as one ``[steps, names]`` float64 array,
+        what ``EventStorage.put_scalar_rows`` writes at once."""
+        run = self._run
+        if run is not None and not self._pending and not comm.is_distributed():
+            table = self._reduce_run(run)
+            if table is not None:
+                self._run = None
+                return [table]
+        self._close_run()
         steps, self._pending = self._pending, []
         if not steps:
             return []
-        if not comm.is_distributed():
-            reduced = self._reduce_plain_steps(steps)
-            if reduced is not None:
-                return reduced
+        return _tables(self._exchange_and_reduce(steps))
+
+    def _exchange_and_reduce(self, steps: List[_PendingStep]) -> List[ReducedRow]:
+        """The general reduction of ``steps``: exchanged between the ranks (registering new
+        names first, when some rank has any), then reduced on the host."""
         gathered = self._exchange(steps)
         flags = 2 * len(self._names)  # the flags are the first host columns
         if gathered[:, :, flags : flags + 2].any():  # rare; every rank sees it: no hang
@@ -386,9 +471,9 @@ class LossDictReducer:
     def _reduce_plain_step(self, step: _PendingStep) -> Optional[ReducedRow]:
         """The reduction of one step without a process group, when nothing is special about it
         (:meth:`_held_all_on_host`, everything finite). ``None`` otherwise, and the general path
-        (:meth:`flush_rows`) decides. Same numbers as that path, without its ``[world, steps]``
-        machinery: this is the per-step hot path of a single process. The checks run on the
-        floats: for one row, cheaper than numpy calls (about 1 µs each)."""
+        (:meth:`_exchange_and_reduce`) decides. Same numbers as that path, without its
+        ``[world, steps]`` machinery: this is the per-step hot path of a single process. The
+        checks run on the floats: for one row, cheaper than numpy calls (about 1 µs each)."""
         if not self._held_all_on_host(step):
             return None
         size = len(self._names)
@@ -408,33 +493,33 @@ class LossDictReducer:
         return step.iteration, self._output_names.get(None) or self._output_names_for(None, totals), reduced
 
     @np.errstate(over="ignore", invalid="ignore")
-    def _reduce_plain_steps(self, steps: List[_PendingStep]) -> Optional[List[ReducedRow]]:
-        """:meth:`_reduce_plain_step` for the steps of a deferred period at once: a few numpy
+    def _reduce_run(self, run: _SteadyRun) -> Optional[ReducedTable]:
+        """:meth:`_reduce_plain_step` for a deferred period of steady steps at once: a few numpy
         calls over the ``[steps, entries]`` matrix (their cost does not grow with the steps),
-        not a loop over the steps. ``None`` when some step needs the general path."""
-        if not all(map(self._held_all_on_host, steps)):
-            return None
+        not a loop over the steps, giving one table. ``None`` when it needs the general path
+        (a non-finite value, a count that is not positive, no loss term)."""
         totals = self._totals_for_weight_dict()
         if not totals.any_term:
             return None
         size = len(self._names)
         width = len(self._layout.entry_columns)  # every step's entries: [names | counts] floats
-        entries = np.fromiter(
-            itertools.chain.from_iterable(step.entries for step in steps), np.float64, len(steps) * width
-        ).reshape(len(steps), width)
-        values, counts = entries[:, :size], entries[:, size:]
-        # One sum tells that everything is finite (a huge finite sum that overflows only sends
-        # us down the general path, which finds no problem).
-        if not (math.isfinite(entries.sum()) and (not counts.size or counts.min() > 0)):
-            return None
+        steps = run.steps
+        # [steps, names | counts]. struct packs Python floats into doubles about twice as fast
+        # as np.fromiter reads them.
+        pack = struct.Struct(f"{width}d").pack
+        matrix = np.frombuffer(b"".join([pack(*step[2]) for step in steps])).reshape(len(steps), width)
+        values, counts = matrix[:, :size], matrix[:, size:]
         sums = values @ totals.matrix  # [steps, totals]
-        if not math.isfinite(sums.sum()):  # an overflowing total: the general path raises
+        # One sum tells that every value, count and total is finite: else the general path
+        # raises, naming what is not (a huge finite sum that overflows only sends us down that
+        # path, which finds no problem).
+        if not (math.isfinite(matrix.sum() + sums.sum()) and (not counts.size or counts.min() > 0)):
             return None
         # [steps, keys | totals | data_time, rank_data_time]: one rank's values are the means
-        times = np.array([step.data_time for step in steps])[:, None]
+        times = np.array([step[1] for step in steps])[:, None]
         table = np.concatenate((values, sums, times, times), axis=1)
         names = self._output_names.get(None) or self._output_names_for(None, totals)
-        return [(step.iteration, names, row) for step, row in zip(steps, table)]
+        return [step[0] for step in steps], names, table
 
     # ------------------------------------------------------------------ packing (per step)
     def _pack(
@@ -464,6 +549,21 @@ class LossDictReducer:
             )
         rank_values = self._sample(data_time, entries.device if isinstance(entries, torch.Tensor) else None, distributed)
         return _PendingStep(iteration, data_time, entries, columns, check.template, size, unregistered, None, rank_values)
+
+    def _read_steady(self, loss_dict: Mapping[str, Any]) -> Optional[List[float]]:
+        """The entries of a step with the steady key set (see ``_KeySetCheck.steady``; it is
+        ``self._last_check`` afterwards), read from CPU tensors one ``Tensor.item`` each (cheaper
+        than stacking them). ``None`` for anything else: the general path (:meth:`_pack`) packs
+        it, or names what is wrong."""
+        check, present = self._key_set_check(loss_dict)
+        if not check.steady:
+            return None
+        try:
+            if not present[0].is_cpu:  # AttributeError: a number
+                return None
+            return list(map(torch.Tensor.item, present))  # TypeError, RuntimeError: see _pack
+        except (AttributeError, TypeError, RuntimeError):
+            return None
 
     def _sample(self, data_time: float, device: Optional[torch.device], distributed: bool) -> Optional[np.ndarray]:
         """This rank's timing and memory for the step packed now (engine/rank_stats.py), or None
@@ -556,6 +656,7 @@ class LossDictReducer:
             layout.entry_columns if complete else layout.entry_columns[held],
             size=len(keys),
             whole=not unregistered,
+            steady=complete and not unregistered and bool(entry_keys),
         )
 
     # ------------------------------------------------------------------ exchange (per flush)
@@ -836,6 +937,15 @@ def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray
     return (shares * values).sum(axis=0), held, bool(held.all())
 
 
+def _tables(rows: List[ReducedRow]) -> List[ReducedTable]:
+    """Consecutive ``rows`` with the same names tuple (the same object) as one table each."""
+    tables = []
+    for _, same_names in itertools.groupby(rows, key=lambda row: id(row[1])):
+        group = list(same_names)
+        tables.append(([row[0] for row in group], group[0][1], np.stack([row[2] for row in group])))
+    return tables
+
+
 def _as_dict(reduced: ReducedRow) -> Tuple[int, Reduced]:
     iteration, names, values = reduced
     return iteration, dict(zip(names, values.tolist()))
@@ -937,8 +1047,7 @@ class MetricsWriter:
         if not self.deferred:
             _put(storage, self.reducer.reduce_row(loss_dict, data_time, iteration), self.prefix)
             return
-        self.reducer.add(loss_dict, data_time, iteration)
-        if (iteration + 1) % self.period == 0 or self.reducer.pending >= self.period:
+        if self.reducer.add(loss_dict, data_time, iteration) >= self.period or (iteration + 1) % self.period == 0:
             self.flush()
 
     def flush(self) -> None:
@@ -947,13 +1056,13 @@ class MetricsWriter:
             return
         storage = get_event_storage()
         try:
-            results = self.reducer.flush_rows()
+            tables = self.reducer.flush_tables()
         except NonFiniteLossError as error:
             for iteration, values in error.reduced_before:
                 _put(storage, (iteration, tuple(values), np.fromiter(values.values(), np.float64)), self.prefix)
             raise
-        for reduced in results:
-            _put(storage, reduced, self.prefix)
+        for iterations, names, table in tables:
+            storage.put_scalar_rows(_prefixed(self.prefix, names) if self.prefix else names, table, iterations)
 
 
 _shared_reducer: Optional[Tuple[Any, LossDictReducer]] = None

@@ -255,6 +255,63 @@ def test_deferred_mode_gives_the_per_step_values_without_any_host_transfer_per_s
     assert "loss_real" not in expected[5][1]
 
 
+def varied_steps(count=24):
+    """The usual loss dict, step after step, with every other kind of step in between (after the
+    first period, when the usual keys are registered): a key missing, a Python number, another
+    Mapping type, a zero count, keys in another order, a one-element tensor; from step 13 on, a
+    new key stays."""
+    changes = {
+        5: lambda d: d.pop("loss_bbox"),
+        6: lambda d: d.update(loss_ce=2.5),
+        7: lambda d: collections.OrderedDict(d),
+        9: lambda d: d.update({"loss_relation_real" + NUM_SAMPLES_SUFFIX: T(0)}),
+        10: lambda d: dict(reversed(list(d.items()))),
+        17: lambda d: d.update(loss_ce=T([3.0])),
+    }
+    for step in range(count):
+        loss_dict = {**detr_like_dict(), "loss_ce": T(1.0 + step), "k_log_layer0": T(float(step))}
+        if step >= 13:
+            loss_dict["loss_new"] = T(0.125 * step)
+        changed = changes.get(step, lambda d: None)(loss_dict)
+        yield (changed if isinstance(changed, dict) else loss_dict), 0.01 * step, 100 + step
+
+
+@pytest.mark.parametrize("period", [1, 4, 5, 7])
+def test_deferred_periods_of_every_kind_of_step_match_per_step(period, monkeypatch):
+    per_step = LossDictReducer({"loss_ce": 2.0, "loss_bbox": 5.0})
+    expected = [(iteration, per_step.reduce(d, dt, iteration)) for d, dt, iteration in varied_steps()]
+    deferred = LossDictReducer({"loss_ce": 2.0, "loss_bbox": 5.0})
+    general_packs = collections.Counter()
+    original = LossDictReducer._pack
+    monkeypatch.setattr(
+        LossDictReducer, "_pack", lambda self, d, *a: general_packs.update([a[1]]) or original(self, d, *a)
+    )
+    flushed = []
+    for loss_dict, data_time, iteration in varied_steps():
+        deferred.add(loss_dict, data_time, iteration)
+        if deferred.pending == period:
+            flushed += deferred.flush()
+    flushed += deferred.flush()
+    assert flushed == expected
+    # Once registered, the usual dict is kept without the general packing: only the first
+    # period, a key missing, a Python number and the new key until its registration take it.
+    first_period = set(range(100, 100 + period))
+    until_registered = set(range(113, 113 + period - 13 % period))
+    assert general_packs.keys() == first_period | {105, 106} | until_registered
+
+
+def test_a_nan_in_a_period_of_usual_steps_is_named_with_the_steps_before_it():
+    reducer = LossDictReducer()
+    reducer.add(detr_like_dict(), 0.0, 0)
+    reducer.flush()  # registered: the next steps are the usual ones
+    for step in range(1, 6):
+        reducer.add({**detr_like_dict(), "loss_bbox": T(NAN if step == 3 else 0.5)}, 0.0, step)
+    with pytest.raises(NonFiniteLossError, match=r"iteration=3: loss_bbox \(rank 0\)") as info:
+        reducer.flush()
+    assert [(it, values["loss_bbox"]) for it, values in info.value.reduced_before] == [(1, 0.5), (2, 0.5)]
+    assert reducer.pending == 0
+
+
 def test_deferred_nan_is_found_at_the_flush_naming_the_first_bad_iteration():
     reducer = LossDictReducer()
     for step in range(5):
@@ -310,6 +367,21 @@ def test_metrics_writer_deferred_writes_at_period_ends_and_before_a_nan():
         with pytest.raises(NonFiniteLossError, match="iteration=7"):
             writer.write({"loss_ce": T(9.0)}, 0.0, cur_iter=9)  # end of the period: flush
     assert [it for _, it in storage.history("loss_ce").values()] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_writer_deferred_fills_the_storage_as_per_step_does():
+    histories = []
+    for deferred in (False, True):
+        with EventStorage(history_length=7) as storage:  # the ring wraps several times
+            writer = MetricsWriter({"loss_ce": 2.0}, deferred=deferred, period=5, prefix="train/")
+            for loss_dict, data_time, iteration in varied_steps(40):
+                writer.write(loss_dict, data_time, cur_iter=iteration)
+            writer.flush()
+        histories.append(
+            {name: (buffer.values(), buffer.count, buffer.global_sum()) for name, buffer in storage.histories().items()}
+        )
+    assert histories[1] == histories[0]
+    assert histories[0]["train/loss_ce"][1] == 40
 
 
 def test_metrics_writer_per_step_and_final_flush():

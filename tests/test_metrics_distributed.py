@@ -127,6 +127,9 @@ class _RowsOnTheCollectiveDevice(LossDictReducer):
     that device is the collective's (the CPU), as a CUDA device is under NCCL, so the exchange
     takes the NCCL path: the row is written into the matrix on that device, no transfer first."""
 
+    def _read_steady(self, loss_dict):
+        return None  # a device row is never read on the host per step: the general packing
+
     def _pack_entries(self, present, source, layout, check):
         if present and isinstance(present[0], torch.Tensor):
             return self._stack_on_device(source, layout, check.complete), layout.entry_columns
