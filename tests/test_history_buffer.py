@@ -1,4 +1,6 @@
 import math
+import resource
+import sys
 import tracemalloc
 
 import numpy as np
@@ -135,3 +137,21 @@ def test_put_rows_is_put_row_for_each_row_sums_included(max_length, batch_sizes,
         assert np.array_equal(batched.sums(), one_by_one.sums())  # exactly: same fold points
         if first:  # every column holds a value
             assert np.array_equal(batched.window_medians(4), one_by_one.window_medians(4))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts minor page faults (getrusage)")
+def test_a_new_block_is_backed_by_memory_before_its_rows_are_written():
+    # np.zeros maps pages lazily; the ring's first pass would fault one in every few steps.
+    block = ScalarBlock(4096, 70)
+    row = np.ones(70)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for iteration in range(4096):
+        block.put_row(row, iteration)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    pages = 2 * block.values.nbytes // resource.getpagesize()  # values and iterations: 1,120
+    assert faults < pages // 10
+    # A ring made far longer than any window keeps the rest lazy: committed as it is used.
+    before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    long_ring = ScalarBlock(2_000_000, 70)  # 2.2 GB if it were all touched
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_rss < 200_000  # KB
+    assert long_ring.values.shape == (2_000_000, 70)
