@@ -13,7 +13,7 @@ block; a standalone ``HistoryBuffer()`` owns a block of one column.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -213,9 +213,14 @@ class ScalarBlock:
         :meth:`HistoryBuffer.median` of :meth:`HistoryBuffer.count_within` computes it column by
         column (same looks back, vectorised)."""
         window = max(int(window), 1)
-        if self._rows >= 0:  # whole rows: every column has the same iterations, so one count
-            count = HistoryBuffer._view(self, 0).count_within(window)
-            return column_medians(self.tail(count)[0])
+        if self._rows > 0:  # whole rows: every column has the same iterations, so one count
+            values, iterations = self.tail(2 * window)
+            count = _count_within(iterations[:, 0], min(self._rows, self.max_length), window, window)
+            if count is None:  # more than two values per iteration: look further back
+                count = HistoryBuffer._view(self, 0).count_within(window)
+            return column_medians(values[len(values) - count:] if count <= len(values) else self.tail(count)[0])
+        if self._rows == 0:
+            raise IndexError("HistoryBuffer is empty")
         values, iterations = self.tail(2 * window)
         n = len(values)
         kept = np.minimum(self.counts(), self.max_length)
@@ -326,15 +331,13 @@ class HistoryBuffer:
     def count_within(self, window_size: int) -> int:
         """How many of the last values were put within the last ``window_size`` iterations
         (``window_size`` when one value is put per iteration; at least 1)."""
-        last_iter = self._iters[(self.count - 1) % self._block.max_length]
         look_back = window_size
         while True:
-            # Usually one value per iteration: the first look at window_size values decides.
-            recent = self.recent_iterations(look_back)
-            inside = int(np.count_nonzero(recent > last_iter - window_size))
-            if inside < len(recent) or len(recent) == len(self):
-                return max(inside, 1)
-            look_back *= 2
+            # Usually one value per iteration: the looks at window_size and 2 * window_size decide.
+            count = _count_within(self.recent_iterations(2 * look_back), len(self), window_size, look_back)
+            if count is not None:
+                return count
+            look_back *= 4
 
     def global_avg(self) -> float:
         """Mean of every value ever added (NaN if none, as an empty mean is)."""
@@ -375,6 +378,20 @@ class HistoryBuffer:
             self._attach(ScalarBlock(max(int(state["max_length"]), 1), 1), 0)
         self._block.load_column(self._column, int(state["count"]), float(state["sum"]), values, iterations)
         self._block.realign()
+
+
+def _count_within(recent: np.ndarray, kept: int, window: int, look_back: int) -> Optional[int]:
+    """Two steps of :meth:`HistoryBuffer.count_within`: of the values put within the last
+    ``window`` iterations, how many are among the last ``look_back`` values, if fewer than those
+    (or all ``kept`` values were looked at); else among the last ``2 * look_back``; ``None`` when
+    neither decides. ``recent``: iterations of the last ``min(2 * look_back, kept)`` values,
+    oldest first (rows before the first value padded with ``-inf`` are never inside)."""
+    inside = recent > recent[-1] - window
+    for look in (look_back, 2 * look_back):
+        count = int(np.count_nonzero(inside[-look:]))
+        if count < min(look, kept) or kept <= look:
+            return max(count, 1)
+    return None
 
 
 def column_medians(values: np.ndarray) -> np.ndarray:

@@ -155,3 +155,41 @@ def test_a_new_block_is_backed_by_memory_before_its_rows_are_written():
     long_ring = ScalarBlock(2_000_000, 70)  # 2.2 GB if it were all touched
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_rss < 200_000  # KB
     assert long_ring.values.shape == (2_000_000, 70)
+
+
+def reference_count_within(iterations, kept, window):
+    """detectron2's count_samples over the kept iterations, the plain way: look back at
+    window, 2 * window, 4 * window... values until the look holds one from outside the window."""
+    iterations = iterations[-kept:]
+    look_back = window
+    while True:
+        recent = iterations[-look_back:]
+        inside = sum(1 for itr in recent if itr > iterations[-1] - window)
+        if inside < len(recent) or len(recent) == len(iterations):
+            return max(inside, 1)
+        look_back *= 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    # (iterations forward, values put there): several values per iteration, and now and then
+    # values put at an earlier iteration (a late validation value)
+    st.lists(st.tuples(st.integers(-3, 2), st.integers(1, 12)), min_size=1, max_size=40),
+    st.integers(1, 8),  # window
+    st.integers(4, 60),  # max_length
+)
+def test_count_within_and_window_medians_match_the_plain_look_back(puts, window, max_length):
+    buffer, block = HistoryBuffer(max_length=max_length), ScalarBlock(max_length, 2)
+    iterations, iteration = [], 0
+    for forward, count in puts:
+        iteration += forward
+        for k in range(count):
+            value = float((iteration * 7 + k * 3) % 11)
+            buffer.update(value, iteration)
+            block.put_row(np.array([value, -value]), iteration)
+            iterations.append(iteration)
+    kept = min(len(iterations), max_length)
+    expected = reference_count_within(iterations, kept, window)
+    assert buffer.count_within(window) == expected
+    values = [v for v, _ in buffer.values()][-expected:]
+    assert np.array_equal(block.window_medians(window), [np.median(values), np.median([-v for v in values])])
