@@ -26,9 +26,12 @@ from .style import RUN_COLORS
 from .train_val import train_val_pairs
 
 __all__ = ["PlotOptions", "FigureSpec", "plan_figures", "train_val_figure", "family_figure", "filter_keys", "generalization_gap",
-           "validation_metrics", "numbered_figures"]
+           "validation_metrics", "numbered_figures",
+           # What a figure holds, decided once for both renderers (report_plan builds the HTML
+           # report's sections from the same decisions).
+           "PANELS_PER_FIGURE", "drop_constant", "main_train_loss", "training_span", "validation_panels"]
 
-_PANELS_PER_FIGURE = 9
+PANELS_PER_FIGURE = 9
 _SERIES_PER_PANEL = 6
 
 
@@ -168,7 +171,7 @@ def _magnitude(tables: Sequence[LogTable], name: str) -> float:
     return math.log10(level) if level > 0 else 0.0
 
 
-def _validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List[Tuple[str, List[str]]]:
+def validation_panels(tables: Sequence[LogTable], names: Sequence[str]) -> List[Tuple[str, List[str]]]:
     """Validation metrics grouped by task (``bbox/AP`` -> ``bbox``); a panel holds at most 6, of
     magnitudes within a factor of ~30 of each other (AP in % and recall in [0, 1] do not share),
     and its title names them (``validation_panel_title``)."""
@@ -197,7 +200,7 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
     task, a colour per metric. Several: a panel per metric, a colour per run, one legend."""
     figure, axes, bottoms = panel_grid(len(panels))
     single = len(tables) == 1
-    training = _training_span(tables, options)
+    training = training_span(tables, options)
     for ax, (title, names) in zip(axes, panels):
         for position, name in enumerate(names):
             for index, table in enumerate(tables):
@@ -217,7 +220,7 @@ def validation_figure(tables: Sequence[LogTable], options: PlotOptions, panels: 
     return finish(figure, bottoms, tables, options, "validation", notes)
 
 
-def _training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional[Tuple[float, float]]:
+def training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional[Tuple[float, float]]:
     """The x range the training records of ``tables`` cover (None when they hold none)."""
     ends = []
     for table in tables:
@@ -228,7 +231,7 @@ def _training_span(tables: Sequence[LogTable], options: PlotOptions) -> Optional
     return (min(ends), max(ends)) if ends else None
 
 
-def _main_train_loss(table: LogTable) -> Optional[str]:
+def main_train_loss(table: LogTable) -> Optional[str]:
     return next((n for n in TOTAL_LOSS_NAMES if n in table.train), next((n for n in table.train if "loss" in n), None))
 
 
@@ -240,11 +243,11 @@ def train_val_figure(tables: Sequence[LogTable], options: PlotOptions, notes: Se
     pairs = train_val_pairs(tables)
     single = len(tables) == 1
     if not pairs:
-        main = _main_train_loss(tables[0])
+        main = main_train_loss(tables[0])
         figure, axes = grid(1, 1, panel_width=4.2, panel_height=2.4)
         ax = axes[0, 0]
         for index, table in enumerate(tables):
-            name = _main_train_loss(table) if main is None else main
+            name = main_train_loss(table) if main is None else main
             if name and name in table.train:
                 curve(ax, table, table.train[name], options, color=run_color(index), band=single,
                        label=f"train {name}" if single else run_label(table, index))
@@ -292,7 +295,7 @@ def _train_groups(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]]) 
     return {base: [t.train[p.key] for p in parts for t in tables if p.key in t.train] for base, parts in bases.items()}
 
 
-def _drop_constant(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]]) -> Tuple[Dict[str, List[KeyParts]], Optional[str]]:
+def drop_constant(tables: Sequence[LogTable], bases: Dict[str, List[KeyParts]]) -> Tuple[Dict[str, List[KeyParts]], Optional[str]]:
     """``bases`` without the ones whose series never change, and a note naming those."""
     varying, constant = split_constant(_train_groups(tables, bases))
     return {base: bases[base] for base in varying}, constant_note(constant, f"logged {tables[0].step_unit}")
@@ -330,11 +333,11 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     if groups.total or "lr" in train_names or "time" in train_names:
         specs.append(FigureSpec("overview", lambda: overview_figure(tables, options, groups.total, orphans), panels=3))
     for family, family_bases in groups.loss_families.items():
-        bases, note = _drop_constant(tables, family_bases)
+        bases, note = drop_constant(tables, family_bases)
         what = "losses" if family == "loss" else f"{family} losses"
         _add_panel_figures(specs, orphans, f"losses_{family}", list(bases.items()), note,
                            lambda chunk, notes, what=what: family_figure(tables, options, dict(chunk), what, True, notes))
-    bases, note = _drop_constant(tables, groups.other_bases)
+    bases, note = drop_constant(tables, groups.other_bases)
     _add_panel_figures(specs, orphans, "metrics", list(bases.items()), note,
                        lambda chunk, notes: family_figure(tables, options, dict(chunk), "other training scalars", False, notes))
     if groups.split_bases:
@@ -342,13 +345,13 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
     metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in validation_metrics(tables)})
     note = constant_note(constant, "evaluation")
     if len(tables) == 1:
-        panels = _validation_panels(tables, metrics)
+        panels = validation_panels(tables, metrics)
         _add_panel_figures(specs, orphans, "validation", panels, note,
                            lambda chunk, notes: validation_figure(tables, options, chunk, notes), per_figure=len(panels) or 1)
     else:  # runs compared: a panel per metric, so that the legend only names runs
         _add_panel_figures(specs, orphans, "validation", [(with_unit(n, [n]), [n]) for n in metrics], note,
                            lambda chunk, notes: validation_figure(tables, options, chunk, notes))
-    if any(_main_train_loss(t) for t in tables):
+    if any(main_train_loss(t) for t in tables):
         homeless = orphans if not specs or specs[0].name != "overview" else []
         specs.append(FigureSpec("train_vs_val", lambda: train_val_figure(tables, options, homeless), panels=2))
     if has_ranks(tables):
@@ -357,7 +360,7 @@ def plan_figures(tables: Sequence[LogTable], options: PlotOptions) -> List[Figur
 
 
 def numbered_figures(stem: str, panels: List[Any], note: Optional[str], orphans: List[str],
-                     per_figure: int = _PANELS_PER_FIGURE) -> List[Tuple[str, List[Any], List[str]]]:
+                     per_figure: int = PANELS_PER_FIGURE) -> List[Tuple[str, List[Any], List[str]]]:
     """``(name, panels, notes)`` of the figures ``stem``, ``stem_2``... of ``per_figure`` panels
     each, ``note`` on the last one; without panels there is no figure and ``note`` joins
     ``orphans``. The PNGs and report.html split their figures with it alike."""
@@ -371,7 +374,7 @@ def numbered_figures(stem: str, panels: List[Any], note: Optional[str], orphans:
 
 
 def _add_panel_figures(specs: List[FigureSpec], orphans: List[str], stem: str, panels: List[Any], note: Optional[str],
-                       build: Callable[[List[Any], List[str]], Any], per_figure: int = _PANELS_PER_FIGURE) -> None:
+                       build: Callable[[List[Any], List[str]], Any], per_figure: int = PANELS_PER_FIGURE) -> None:
     """The ``numbered_figures`` of ``panels``, each built by ``build(panels, notes)`` when asked."""
     for name, chunk, notes in numbered_figures(stem, panels, note, orphans, per_figure):
         specs.append(FigureSpec(name, _bind(build, chunk, notes), len(chunk)))

@@ -12,7 +12,7 @@ import numpy as np
 from events.readers.table import LogTable, Series
 
 from .families import KeyParts, group_keys, layer_order
-from .figures import (_PANELS_PER_FIGURE, _drop_constant, _main_train_loss, _training_span, _validation_panels,
+from .figures import (PANELS_PER_FIGURE, drop_constant, main_train_loss, training_span, validation_panels,
                       generalization_gap, numbered_figures, validation_metrics)
 from .options import PlotOptions
 from .presentation import SPLIT_FIGURE_NOTE, constant_note, is_step_series, split_constant, with_unit
@@ -189,7 +189,7 @@ def _train_val(tables: Sequence[LogTable], options: PlotOptions) -> Section:
     single = len(tables) == 1
     pairs = train_val_pairs(tables)
     if not pairs:
-        name = _main_train_loss(tables[0])
+        name = main_train_loss(tables[0])
         panel = Panel(f"train {name or 'loss'} (no validation loss logged)", loss=True)
         for index, table in enumerate(tables):
             if name in table.train:
@@ -228,16 +228,16 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
     sections: List[Section] = []
     orphans: List[str] = []
 
-    def add(stem: str, title: str, panels: List[Panel], note: Optional[str], per: int = _PANELS_PER_FIGURE, **layout: Any) -> None:
+    def add(stem: str, title: str, panels: List[Panel], note: Optional[str], per: int = PANELS_PER_FIGURE, **layout: Any) -> None:
         for name, chunk, notes in numbered_figures(stem, panels, note, orphans, per):
             sections.append(Section(name, title, chunk, notes=notes, **layout))
 
     if groups.total or "lr" in train_names or "time" in train_names:
         sections.append(Section("overview", "overview", _overview(tables, groups.total), columns=1, panel_legends=True))
     for family, family_bases in groups.loss_families.items():
-        bases, note = _drop_constant(tables, family_bases)
+        bases, note = drop_constant(tables, family_bases)
         add(f"losses_{family}", "losses" if family == "loss" else f"{family} losses", _family(tables, bases, True), note)
-    bases, note = _drop_constant(tables, groups.other_bases)
+    bases, note = drop_constant(tables, groups.other_bases)
     add("metrics", "other training scalars", _family(tables, bases, False), note)
     if groups.split_bases:
         grey = len(tables) == 1 and any(base in tables[0].train for base in groups.split_bases)
@@ -245,14 +245,14 @@ def plan_report(tables: Sequence[LogTable], options: PlotOptions) -> List[Sectio
                                 notes=[SPLIT_FIGURE_NOTE] if grey else []))
     metrics, constant = split_constant({n: [t.val[n] for t in tables if n in t.val] for n in validation_metrics(tables)})
     note = constant_note(constant, "evaluation")
-    span = _training_span(tables, options)
+    span = training_span(tables, options)
     if len(tables) == 1:
-        panels = _validation_panels(tables, metrics)
+        panels = validation_panels(tables, metrics)
         add("validation", "validation", _validation(tables, panels), note, per=len(panels) or 1, x_span=span, columns=2,
             panel_legends=True)
     else:  # runs compared: a panel per metric, so that the legend only names runs
         add("validation", "validation", _validation(tables, [(with_unit(n, [n]), [n]) for n in metrics]), note, x_span=span)
-    if any(_main_train_loss(t) for t in tables):
+    if any(main_train_loss(t) for t in tables):
         sections.append(_train_val(tables, options))
     ranked = next((t for t in tables if rank_panels(t)), None)
     if ranked is not None:
