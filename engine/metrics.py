@@ -385,15 +385,14 @@ class LossDictReducer:
         # plain dict with the open run's keys, as _key_set_check finds them, of CPU tensors.
         if run is not None and type(loss_dict) is dict and len(loss_dict) == run.size:
             try:
-                present = run.get_present(loss_dict)
-                if present[0].is_cpu:
-                    entries = list(map(torch.Tensor.item, present))
-                    data_time = float(data_time)
-                    rank_values = self._rank_stats.sample(data_time, None) if run.sampled else None
-                    run.steps.append((int(iteration), data_time, entries, rank_values))
-                    return len(self._pending) + len(run.steps)
-            except (KeyError, AttributeError, TypeError, RuntimeError):  # the general path decides
-                pass
+                entries = _read_on_host(run.get_present(loss_dict))
+            except KeyError:  # as many keys, other ones: the general path decides
+                entries = None
+            if entries is not None:
+                data_time = float(data_time)
+                rank_values = self._rank_stats.sample(data_time, None) if run.sampled else None
+                run.steps.append((int(iteration), data_time, entries, rank_values))
+                return len(self._pending) + len(run.steps)
         distributed, data_time, iteration = comm.is_distributed(), float(data_time), int(iteration)
         entries = self._read_steady(loss_dict)
         if entries is None:
@@ -429,7 +428,7 @@ class LossDictReducer:
             ValueError: on every rank, when a rank's dict was malformed.
         """
         return [
-            (iteration, dict(zip(names, row.tolist())))
+            _as_dict((iteration, names, row))
             for iterations, names, table in self.flush_tables()
             for iteration, row in zip(iterations, table)
         ]
@@ -541,18 +540,10 @@ class LossDictReducer:
 
     def _read_steady(self, loss_dict: Mapping[str, Any]) -> Optional[List[float]]:
         """The entries of a step with the steady key set (see ``_KeySetCheck.steady``; it is
-        ``self._last_check`` afterwards), read from CPU tensors one ``Tensor.item`` each (cheaper
-        than stacking them). ``None`` for anything else: the general path (:meth:`_pack`) packs
-        it, or names what is wrong."""
+        ``self._last_check`` afterwards), read on the host (:func:`_read_on_host`). ``None`` for
+        anything else: the general path (:meth:`_pack`) packs it, or names what is wrong."""
         check, present = self._key_set_check(loss_dict)
-        if not check.steady:
-            return None
-        try:
-            if not present[0].is_cpu:  # AttributeError: a number
-                return None
-            return list(map(torch.Tensor.item, present))  # TypeError, RuntimeError: see _pack
-        except (AttributeError, TypeError, RuntimeError):
-            return None
+        return _read_on_host(present) if check.steady else None
 
     def _sample(self, data_time: float, device: Optional[torch.device], distributed: bool) -> Optional[np.ndarray]:
         """This rank's timing and memory for the step packed now (engine/rank_stats.py), or None
@@ -924,6 +915,17 @@ def _weighted_means(values: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray
     shares = weights / np.where(held, scale, 1.0)  # in [0, 1]
     shares /= np.where(held, shares.sum(axis=0), 1.0)
     return (shares * values).sum(axis=0), held, bool(held.all())
+
+
+def _read_on_host(present: Tuple[Any, ...]) -> Optional[List[float]]:
+    """``present`` (a dict's entries) as floats, read from CPU tensors one ``Tensor.item`` each
+    (cheaper than stacking them); ``None`` for a number, a tensor of several values, or a first
+    entry on a device (a device dict is stacked there, not read here): the general path packs
+    those."""
+    try:
+        return list(map(torch.Tensor.item, present)) if present[0].is_cpu else None
+    except (AttributeError, TypeError, RuntimeError):  # a number; several values (see _pack)
+        return None
 
 
 def _tables(rows: List[ReducedRow]) -> List[ReducedTable]:
